@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 // Bumped on any change to the structs below; Python refuses a library of another version.
-#define FA_ABI_VERSION 1
+#define FA_ABI_VERSION 2
 
 typedef enum {
   FA_OK = 0,
@@ -80,6 +80,8 @@ typedef struct {
   uint64_t rng_seed;            // counter-based RNG key (Philox4x32-10, see reference backend)
   uint64_t rng_offset;
   void* stream;                 // cudaStream_t / hipStream_t
+  int32_t total_q;              // varlen: rows of q (cu_seqlens_q[batch]), the lse head stride;
+                                // 0 otherwise. The host cannot read it from device memory
 } fa_problem;
 
 typedef struct {
