@@ -1,0 +1,82 @@
+"""What each backend supports, per direction, as data.
+
+The selector compares a call's needs with these rows; every mismatch becomes a human-readable
+reason. A native backend's row is further narrowed at run time by the library's own fa_build_info
+(head dims, dtypes and features actually compiled), so a narrowed build can never be chosen for a
+call it cannot serve.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+# Every feature a call can need. Names are shared with fa_build_info's "features" list.
+FEATURES = (
+    "causal",         # window_right == 0, bottom-right aligned
+    "window",         # local attention, either side bounded
+    "alibi",
+    "softcap",
+    "dropout",
+    "return_probs",   # S_dmask materialised (testing aid, O(seqlen^2))
+    "varlen",         # cu_seqlens
+    "gqa",            # nheads_k < nheads
+    "seqused_k",      # KV cache with per-sequence lengths
+    "leftpad",        # cache_leftpad
+    "kv_batch_idx",   # cache_batch_idx
+    "paged_kv",       # block_table, any page size
+    "split_kv",       # num_splits > 1
+    "deterministic",  # bitwise-reproducible backward
+    "rtz",
+    "performance",
+)
+
+
+@dataclass(frozen=True)
+class Capability:
+    backend: str
+    direction: str  # "fwd" | "bwd"
+    platform: str  # "cuda" | "rocm" | "any"
+    archs: Optional[tuple[str, ...]]  # None = any arch of the platform
+    min_sm: int  # CUDA: lowest compute capability (80 = sm80); 0 otherwise
+    dtypes: tuple[str, ...]
+    max_head_dim: int
+    features: frozenset[str]
+    library: Optional[str]  # native library name ("cuda" -> libflash_attn_cuda.so), None = Python
+    note: str = ""
+
+
+_ALL = frozenset(FEATURES)
+_KERNEL_FWD = frozenset({"causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa",
+                         "seqused_k", "leftpad", "kv_batch_idx", "paged_kv", "split_kv", "rtz",
+                         "performance", "deterministic"})
+_KERNEL_BWD = frozenset({"causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa",
+                         "deterministic", "rtz", "performance"})
+_HALF = ("float16", "bfloat16")
+
+TABLE = (
+    Capability("cuda_sm80", "fwd", "cuda", None, 80, _HALF, 256, _KERNEL_FWD, "cuda",
+               "CuTe FA2-class kernels for sm80/86/89; also the sm90 path until Hopper kernels land"),
+    Capability("cuda_sm80", "bwd", "cuda", None, 80, _HALF, 256, _KERNEL_BWD, "cuda"),
+    Capability("rocm_ck", "fwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _KERNEL_FWD, "rocm",
+               "Composable Kernel ck_tile FMHA"),
+    Capability("rocm_ck", "bwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _KERNEL_BWD, "rocm"),
+    Capability("reference", "fwd", "any", None, 0, _HALF, 256, _ALL, None,
+               "PyTorch, memory-linear, every feature; slow on GPUs"),
+    Capability("reference", "bwd", "any", None, 0, _HALF, 256, _ALL, None),
+)
+
+BACKENDS = tuple(dict.fromkeys(c.backend for c in TABLE))
+
+# Per-platform order of preference; the first backend with no reasons against it is chosen.
+PRIORITY = {
+    "cuda": ("cuda_sm80", "reference"),
+    "rocm": ("rocm_ck", "reference"),
+    "cpu": ("reference",),
+}
+
+
+def rows(backend: str, direction: str) -> Capability:
+    for c in TABLE:
+        if c.backend == backend and c.direction == direction:
+            return c
+    raise KeyError(f"no capability row for {backend}/{direction}")

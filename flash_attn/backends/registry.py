@@ -1,0 +1,128 @@
+"""Backend name -> implementation, and the glue that turns a call into a dispatcher Request.
+
+Native backends get tensors whose head dim is a multiple of 8 (16-byte rows): other head dims are
+zero-padded here, as FlashAttention-2 does, which leaves scores and outputs unchanged.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import dispatch
+from ..dispatch import flags as flagmod
+from ..dispatch import select as selmod
+from . import reference
+from .args import AttnArgs
+
+NATIVE_LIBRARY = {"cuda_sm80": "cuda", "rocm_ck": "rocm"}
+
+
+@functools.lru_cache(maxsize=None)
+def native_library(name: str):
+    """The loaded native library, or None when it was not built. Imported lazily: a CPU-only
+    install never touches ctypes."""
+    try:
+        from . import native
+    except ImportError:
+        return None
+    return native.load(name)
+
+
+def _library_info(name: str) -> Optional[dict]:
+    lib = native_library(name)
+    return None if lib is None else lib.build_info
+
+
+selmod.library_info = _library_info
+
+
+def _pad8(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if x is None or x.shape[-1] % 8 == 0:
+        return x
+    return F.pad(x, (0, 8 - x.shape[-1] % 8))
+
+
+class NativeBackend:
+    def __init__(self, library: str):
+        self.library = library
+
+    def forward(self, q, k, v, args: AttnArgs, out, lse, probs=None, arch: int = 0) -> None:
+        lib = native_library(self.library)
+        d = q.shape[-1]
+        if d % 8 == 0:
+            lib.forward(q, k, v, args, out, lse, arch=arch)
+            return
+        out_p = torch.empty(*q.shape[:-1], q.shape[-1] + 8 - d % 8, dtype=q.dtype, device=q.device)
+        lib.forward(_pad8(q), _pad8(k), _pad8(v), args, out_p, lse, arch=arch)
+        out.copy_(out_p[..., :d])
+
+    def backward(self, dout, q, k, v, out, lse, args, dq, dk, dv, arch: int = 0) -> None:
+        lib = native_library(self.library)
+        d = q.shape[-1]
+        if d % 8 == 0:
+            lib.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=arch)
+            return
+        grads = [torch.empty_like(_pad8(t)) for t in (q, k, v)]
+        lib.backward(_pad8(dout), _pad8(q), _pad8(k), _pad8(v), _pad8(out), lse, args, *grads, arch=arch)
+        for g, g_p in zip((dq, dk, dv), grads):
+            g.copy_(g_p[..., :d])
+
+
+class ReferenceBackend:
+    def forward(self, q, k, v, args, out, lse, probs=None, arch: int = 0) -> None:
+        reference.forward(q, k, v, args, out, lse, probs)
+
+    def backward(self, dout, q, k, v, out, lse, args, dq, dk, dv, arch: int = 0) -> None:
+        reference.backward(dout, q, k, v, out, lse, args, dq, dk, dv)
+
+
+IMPLEMENTATIONS = {"reference": ReferenceBackend(), **{n: NativeBackend(l) for n, l in NATIVE_LIBRARY.items()}}
+
+
+def features(args: AttnArgs, nheads: int, nheads_k: int, direction: str, return_probs: bool) -> frozenset:
+    f = set()
+    if args.is_causal:
+        f.add("causal")
+    elif args.window_left >= 0 or args.window_right >= 0:
+        f.add("window")
+    for name, on in (("alibi", args.alibi_slopes is not None), ("softcap", args.softcap > 0),
+                     ("dropout", args.dropout_p > 0), ("return_probs", return_probs),
+                     ("varlen", args.is_varlen), ("gqa", nheads_k != nheads),
+                     ("seqused_k", args.seqused_k is not None), ("leftpad", args.leftpad_k is not None),
+                     ("kv_batch_idx", args.kv_batch_idx is not None), ("paged_kv", args.is_paged),
+                     ("split_kv", args.num_splits > 1), ("rtz", args.rtz), ("performance", args.performance),
+                     ("deterministic", args.deterministic and direction == "bwd")):
+        if on:
+            f.add(name)
+    return frozenset(f)
+
+
+def _layout_problems(tensors: dict) -> tuple:
+    """Code checks a native kernel needs: 16-byte aligned base pointers and row strides."""
+    problems = []
+    for name, t in tensors.items():
+        if t is None or t.shape[-1] % 8:
+            continue  # head dims not a multiple of 8 are padded (copied) before a native call
+        if t.data_ptr() % 16:
+            problems.append(f"{name} data pointer is not 16-byte aligned")
+        bad = [s for s in t.stride()[:-1] if s % 8]
+        if bad:
+            problems.append(f"{name} strides {tuple(t.stride())} are not multiples of 8 elements")
+    return tuple(problems)
+
+
+def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, **tensors) -> dispatch.Request:
+    dtype = str(q.dtype).replace("torch.", "")
+    return dispatch.Request(direction, dtype, q.shape[-1],
+                            features(args, q.shape[-2], k.shape[-2], direction, return_probs),
+                            _layout_problems({"q": q, "k": k, **tensors}))
+
+
+def choose(req: dispatch.Request, device: torch.device, flags: flagmod.Flags):
+    target = dispatch.detect(device, flags.arch_override)
+    choice = selmod.select(req, target, flags)
+    selmod.warn_if_fallback(choice)
+    return IMPLEMENTATIONS[choice.backend], choice

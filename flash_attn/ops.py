@@ -1,0 +1,140 @@
+"""torch.library custom ops for forward and backward, with fake implementations and autograd.
+
+Registering the ops makes torch.compile(fullgraph=True) trace through attention as one opaque node
+per direction. Backend choice and environment flags are read inside the ops, at run time, so a
+compiled graph honours flags set after compilation. The dropout RNG state (seed, offset) is drawn
+from torch's default generator inside the forward op and returned as a CPU int64 tensor: the
+backward regenerates the same mask from it, and torch.manual_seed reproduces a run.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .backends import registry
+from .backends.args import AttnArgs
+from .dispatch import flags as flagmod
+
+
+def _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+          cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k=None, leftpad_k=None,
+          kv_batch_idx=None, block_table=None, num_splits=0, deterministic=False) -> AttnArgs:
+    flags = flagmod.read()
+    seed, offset = (int(x) for x in rng_state.tolist()) if rng_state is not None else (0, 0)
+    return AttnArgs(
+        softmax_scale=softmax_scale, window_left=window_left, window_right=window_right,
+        softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p, rng_seed=seed,
+        rng_offset=offset, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, seqused_k=seqused_k,
+        leftpad_k=leftpad_k, kv_batch_idx=kv_batch_idx, block_table=block_table,
+        deterministic=(deterministic or flags.deterministic
+                       or torch.are_deterministic_algorithms_enabled()),
+        rtz=flags.rtz, performance=flags.performance, num_splits=num_splits), flags
+
+
+def _lse_shape(q: Tensor, cu_seqlens_q: Optional[Tensor]) -> tuple:
+    if cu_seqlens_q is not None:
+        return (q.shape[1], q.shape[0])
+    return (q.shape[0], q.shape[2], q.shape[1])
+
+
+def _probs_shape(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, block_table) -> tuple:
+    if cu_seqlens_q is not None:
+        return (cu_seqlens_q.shape[0] - 1, q.shape[1], max_seqlen_q, max_seqlen_k)
+    sk = block_table.shape[1] * k.shape[1] if block_table is not None else k.shape[1]
+    return (q.shape[0], q.shape[2], q.shape[1], sk)
+
+
+@torch.library.custom_op("flash_attn::fwd", mutates_args=())
+def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
+        cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], seqused_k: Optional[Tensor],
+        leftpad_k: Optional[Tensor], kv_batch_idx: Optional[Tensor], block_table: Optional[Tensor],
+        max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
+        window_right: int, softcap: float, dropout_p: float, return_probs: bool,
+        num_splits: int, deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # deterministic is unused here; it is an input so that the backward can see it.
+    rng_state = torch.zeros(2, dtype=torch.int64)
+    if dropout_p > 0:
+        rng_state = torch.randint(0, 2**62, (2,), dtype=torch.int64)
+    args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
+                        rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        seqused_k, leftpad_k, kv_batch_idx, block_table, num_splits)
+    out = torch.empty_like(q)
+    lse = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
+    probs = None
+    if return_probs:
+        probs = torch.zeros(_probs_shape(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, block_table),
+                            dtype=q.dtype, device=q.device)
+    req = registry.request("fwd", q, k, args, return_probs, v=v)
+    impl, choice = registry.choose(req, q.device, flags)
+    impl.forward(q, k, v, args, out, lse, probs, arch=choice.target.sm)
+    return out, lse, rng_state, probs if probs is not None else q.new_empty(0)
+
+
+@fwd.register_fake
+def _(q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx,
+      block_table, max_seqlen_q, max_seqlen_k, softmax_scale, window_left, window_right, softcap,
+      dropout_p, return_probs, num_splits, deterministic):
+    lse = q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
+    probs = (q.new_empty(_probs_shape(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, block_table))
+             if return_probs else q.new_empty(0))
+    return torch.empty_like(q), lse, torch.empty(2, dtype=torch.int64), probs
+
+
+@torch.library.custom_op("flash_attn::bwd", mutates_args=())
+def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, rng_state: Tensor,
+        alibi_slopes: Optional[Tensor], cu_seqlens_q: Optional[Tensor],
+        cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
+        window_left: int, window_right: int, softcap: float, dropout_p: float,
+        deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+    args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
+                        rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        deterministic=deterministic)
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    req = registry.request("bwd", q, k, args, v=v, out=out, dout=dout)
+    impl, choice = registry.choose(req, q.device, flags)
+    impl.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=choice.target.sm)
+    return dq, dk, dv
+
+
+@bwd.register_fake
+def _(dout, q, k, v, out, lse, rng_state, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+      max_seqlen_k, softmax_scale, window_left, window_right, softcap, dropout_p, deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+# fwd's inputs by name, in signature order (setup_context receives them positionally).
+_FWD_INPUTS = ("q", "k", "v", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
+               "leftpad_k", "kv_batch_idx", "block_table", "max_seqlen_q", "max_seqlen_k",
+               "softmax_scale", "window_left", "window_right", "softcap", "dropout_p",
+               "return_probs", "num_splits", "deterministic")
+
+
+def _setup_context(ctx, inputs, output):
+    named = dict(zip(_FWD_INPUTS, inputs))
+    out, lse, rng_state, _ = output
+    ctx.save_for_backward(named["q"], named["k"], named["v"], out, lse, rng_state,
+                          named["alibi_slopes"], named["cu_seqlens_q"], named["cu_seqlens_k"])
+    ctx.scalars = {n: named[n] for n in ("max_seqlen_q", "max_seqlen_k", "softmax_scale",
+                                         "window_left", "window_right", "softcap", "dropout_p")}
+    ctx.deterministic = named["deterministic"]
+    kv_cache = [n for n in ("seqused_k", "leftpad_k", "kv_batch_idx", "block_table") if named[n] is not None]
+    ctx.no_backward = (f"attention over a KV cache ({', '.join(kv_cache)}) has no backward; "
+                       f"call it under torch.no_grad() or detach the inputs") if kv_cache else None
+
+
+def _backward(ctx, dout, dlse, drng, dprobs):
+    if ctx.no_backward:
+        raise RuntimeError(f"flash_attn: {ctx.no_backward}.")
+    q, k, v, out, lse, rng_state, alibi, cu_q, cu_k = ctx.saved_tensors
+    s = ctx.scalars
+    dq, dk, dv = bwd(dout, q, k, v, out, lse, rng_state, alibi, cu_q, cu_k, s["max_seqlen_q"],
+                     s["max_seqlen_k"], s["softmax_scale"], s["window_left"], s["window_right"],
+                     s["softcap"], s["dropout_p"], ctx.deterministic)
+    return (dq, dk, dv) + (None,) * (len(_FWD_INPUTS) - 3)
+
+
+fwd.register_autograd(_backward, setup_context=_setup_context)
