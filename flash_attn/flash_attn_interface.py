@@ -4,7 +4,8 @@ Shapes: q (batch, seqlen_q, nheads, headdim); k, v (batch, seqlen_k, nheads_k, h
 q (total_q, nheads, headdim) with int32 cu_seqlens_q of shape (batch + 1,). nheads must be a
 multiple of nheads_k (MQA/GQA). Returns out shaped like q, or (out, softmax_lse, S_dmask) when
 return_attn_probs is True; softmax_lse is fp32 (batch, nheads, seqlen_q), varlen (nheads, total_q).
-S_dmask is only filled when dropout_p > 0 (as upstream): the probabilities, negated where dropped.
+S_dmask is returned only when dropout_p > 0, else None (as upstream): the probabilities, negated
+where dropped.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ def _run(q, k, v, *, dropout_p, softmax_scale, causal, window_size, softcap, ali
     left, right = V.window(window_size, causal)
     batch = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.numel() - 1
     V.check_alibi(alibi_slopes, batch, q.shape[-2], q.device)
+    with_probs = bool(return_attn_probs and dropout_p > 0)
     out, lse, _, probs = ops.fwd(
         q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, None, None, None, block_table,
         max_seqlen_q, max_seqlen_k, scale, left, right, float(softcap), float(dropout_p),
-        bool(return_attn_probs and dropout_p > 0), 0, bool(deterministic))
-    return (out, lse, probs) if return_attn_probs else out
+        with_probs, 0, bool(deterministic))
+    # Upstream returns S_dmask only with dropout (None otherwise: it is a dropout-testing aid).
+    return (out, lse, probs if with_probs else None) if return_attn_probs else out
 
 
 _DENSE_Q = "(batch, seqlen_q, nheads, headdim)"

@@ -121,8 +121,15 @@ def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, **
                             _layout_problems({"q": q, "k": k, **tensors}))
 
 
+@functools.lru_cache(maxsize=1024)
+def _select(req: dispatch.Request, target: dispatch.Target, flags: flagmod.Flags) -> dispatch.Choice:
+    # A call's verdict depends only on these three hashable values (libraries load once), so
+    # repeated calls of the same kind skip re-deriving every reason.
+    return selmod.select(req, target, flags)
+
+
 def choose(req: dispatch.Request, device: torch.device, flags: flagmod.Flags):
     target = dispatch.detect(device, flags.arch_override)
-    choice = selmod.select(req, target, flags)
+    choice = _select(req, target, flags)
     selmod.warn_if_fallback(choice)
     return IMPLEMENTATIONS[choice.backend], choice
