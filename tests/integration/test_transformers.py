@@ -18,13 +18,13 @@ def _model(impl: str, seed: int):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
-    return transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval().requires_grad_(False)
+    model = transformers.LlamaForCausalLM._from_config(config, attn_implementation=impl)
+    return model.to("cuda", torch.bfloat16).eval().requires_grad_(False)
 
 
 def test_llama_flash_attention_2_matches_sdpa():
     ours, sdpa = _model("flash_attention_2", 0), _model("sdpa", 0)
-    ours.set_attn_implementation("flash_attention_2")
-    sdpa.set_attn_implementation("sdpa")
+    assert ours.config._attn_implementation == "flash_attention_2"
     ids = torch.randint(0, 1000, (2, 77), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, :20] = 0  # left padding: exercises unpad_input + the varlen function
