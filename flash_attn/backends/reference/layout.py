@@ -110,8 +110,7 @@ def scatter_rows(padded: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor
     target = torch.where(valid, rows, torch.full_like(rows, total))
     out = padded.new_zeros(total + 1, *padded.shape[2:])
     flat = padded.reshape(-1, *padded.shape[2:])
-    if accumulate:
-        out.index_add_(0, target.reshape(-1), flat)
-    else:
-        out.index_copy_(0, target.reshape(-1), flat)
+    # index_put_ (not index_copy_/index_add_): it has deterministic implementations on every device,
+    # so this also runs under torch.use_deterministic_algorithms(True).
+    out.index_put_((target.reshape(-1),), flat, accumulate=accumulate)
     return out[:total]
