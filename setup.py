@@ -61,6 +61,8 @@ class BuildWithNative(build_py):
         module.build_from_env(build_dir=os.path.join(ROOT, "build", f"native_{target}"), out_lib=out_lib)
 
 
+# dispatch/ is installed as flash_attn.dispatch (the design card keeps it at the top level);
+# flash_attn/dispatch is a symlink to it so a source checkout imports the same way.
 setup(
     packages=["flash_attn", "flash_attn.backends", "flash_attn.backends.reference",
               "flash_attn.layers", "flash_attn.dispatch"],
