@@ -24,7 +24,11 @@ def backward(dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv) -> None:
     if bt.q_rows is None:
         do_pad, o_pad, lse_pad = dout, out, lse
     else:
-        do_pad, o_pad = dout[bt.q_rows], out[bt.q_rows]
+        # Slots past a sequence's length hold another sequence's rows (the gather clamps): zero
+        # their dO so that they add nothing to dK and dV (their dQ is dropped on the way out).
+        past_end = torch.arange(sq, device=q.device)[None, :] >= bt.len_q[:, None]
+        do_pad = dout[bt.q_rows].masked_fill(past_end[:, :, None, None], 0)
+        o_pad = out[bt.q_rows]
         lse_pad = lse.t()[bt.q_rows].transpose(1, 2)  # (b, h, sq)
     delta = (do_pad.float() * o_pad.float()).sum(-1).transpose(1, 2)  # (b, h, sq)
     dq_pad = torch.zeros(b, h, sq, d, device=q.device)
