@@ -1,0 +1,274 @@
+// The C ABI of dispatch/include/flash_attn_abi.h: checks what Python cannot know (the device, the
+// compiled set, this backend's alignment needs), turns the ABI structs into kernel params, plans
+// the backward workspace, and reports failures through a status plus fa_last_error().
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "flash_attn_abi.h"
+#include "mask.h"
+#include "params.h"
+#include "registry.h"
+
+namespace fa {
+namespace {
+
+thread_local std::string g_last_error;
+
+int fail(int status, std::string message) {
+  g_last_error = std::move(message);
+  return status;
+}
+
+struct DeviceFacts {
+  int arch;       // compute capability, major * 10 + minor
+  int smem_optin; // bytes of shared memory one block may opt into
+};
+
+// Queried once per device: the attribute calls cost microseconds each.
+cudaError_t device_facts(DeviceFacts& facts) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> arch_cache[kMaxDevices];
+  static std::atomic<int> smem_cache[kMaxDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) { return err; }
+  if (device < kMaxDevices && arch_cache[device].load(std::memory_order_acquire) != 0) {
+    facts = {arch_cache[device].load(std::memory_order_relaxed), smem_cache[device].load(std::memory_order_relaxed)};
+    return cudaSuccess;
+  }
+  int major = 0, minor = 0, smem = 0;
+  if ((err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess) {
+    return err;
+  }
+  facts = {major * 10 + minor, smem};
+  if (device < kMaxDevices) {
+    smem_cache[device].store(smem, std::memory_order_relaxed);
+    arch_cache[device].store(facts.arch, std::memory_order_release);
+  }
+  return cudaSuccess;
+}
+
+// The kernels move 16-byte chunks of 8 elements: head_dim, every stride used and every base
+// pointer must allow that. native.py pads or copies inputs that do not.
+bool aligned(fa_tensor const& t, bool varlen) {
+  return reinterpret_cast<uintptr_t>(t.ptr) % 16 == 0 && t.row_stride % 8 == 0 && t.head_stride % 8 == 0 &&
+         (varlen || t.batch_stride % 8 == 0);
+}
+
+TensorRef ref(fa_tensor const& t) {
+  return {const_cast<void*>(t.ptr), t.batch_stride, t.row_stride, t.head_stride};
+}
+
+struct Resolved {
+  sm80::ArchRow row;
+  int bucket;
+  KernelEntry const* entry;
+};
+
+// Validates the problem against this library and finds the launcher; returns FA_OK or a status
+// with g_last_error set.
+int resolve(fa_problem const& pr, bool backward, Resolved& out) {
+  if (pr.block_table) { return fail(FA_ERR_UNSUPPORTED, "paged KV (block_table) is not implemented by the cuda backend"); }
+  if (pr.leftpad_k) { return fail(FA_ERR_UNSUPPORTED, "leftpad_k is not implemented by the cuda backend"); }
+  if (pr.kv_batch_idx) { return fail(FA_ERR_UNSUPPORTED, "kv_batch_idx is not implemented by the cuda backend"); }
+  if (pr.dtype != FA_DTYPE_FP16 && pr.dtype != FA_DTYPE_BF16) { return fail(FA_ERR_INVALID_ARGUMENT, "unknown dtype"); }
+  if (pr.head_dim < 1 || pr.head_dim > 256) { return fail(FA_ERR_INVALID_ARGUMENT, "head_dim must be in 1..256"); }
+  if (pr.head_dim % 8 != 0) {
+    return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs head_dim % 8 == 0 (the binding pads other sizes)");
+  }
+  if (pr.nheads_k < 1 || pr.nheads % pr.nheads_k != 0) {
+    return fail(FA_ERR_INVALID_ARGUMENT, "nheads must be a multiple of nheads_k");
+  }
+  if (!(pr.dropout_p >= 0.f && pr.dropout_p < 1.f)) { return fail(FA_ERR_INVALID_ARGUMENT, "dropout_p must be in [0, 1)"); }
+
+  DeviceFacts dev{};
+  const cudaError_t err = device_facts(dev);
+  if (err != cudaSuccess) { return fail(FA_ERR_DEVICE, std::string("CUDA: ") + cudaGetErrorString(err)); }
+  const int arch = pr.arch != 0 ? pr.arch : dev.arch;
+  if (arch < 80 || dev.arch < 80) {
+    return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs compute capability 8.0 or newer (asked for " +
+                                        std::to_string(arch) + ", device " + std::to_string(dev.arch) + ")");
+  }
+  out.row = sm80::arch_row(arch);
+  out.bucket = sm80::kHeadDimBuckets[sm80::bucket_index(pr.head_dim)];
+  const size_t smem = backward ? sm80::bwd_tile(out.row, out.bucket).smem_bytes()
+                               : sm80::fwd_tile(out.row, out.bucket).smem_bytes();
+  if (smem > size_t(dev.smem_optin)) {
+    return fail(FA_ERR_UNSUPPORTED, "the sm" + std::to_string(arch) + " tile for head_dim " + std::to_string(out.bucket) +
+                                        " needs " + std::to_string(smem) + " bytes of shared memory; the device allows " +
+                                        std::to_string(dev.smem_optin));
+  }
+  out.entry = nullptr;
+  for (int i = 0; i < kNumKernels; ++i) {
+    KernelEntry const& e = kKernels[i];
+    if (e.head_dim == out.bucket && e.dtype == pr.dtype && (backward ? e.bwd != nullptr : e.fwd != nullptr)) {
+      out.entry = &e;
+    }
+  }
+  if (!out.entry) {
+    return fail(FA_ERR_UNSUPPORTED, std::string(backward ? "backward" : "forward") + " for head_dim bucket " +
+                                        std::to_string(out.bucket) + (pr.dtype == FA_DTYPE_BF16 ? " bf16" : " fp16") +
+                                        " was not compiled into this library");
+  }
+  return FA_OK;
+}
+
+void fill_problem(fa_problem const& pr, AttnParams& p) {
+  p.batch = pr.batch;
+  p.nheads = pr.nheads;
+  p.nheads_k = pr.nheads_k;
+  p.group = pr.nheads / pr.nheads_k;
+  p.head_dim = pr.head_dim;
+  p.seqlen_q = pr.seqlen_q;
+  p.seqlen_k = pr.seqlen_k;
+  p.total_q = pr.total_q;
+  p.cu_seqlens_q = pr.cu_seqlens_q;
+  p.cu_seqlens_k = pr.cu_seqlens_k;
+  p.seqused_k = pr.seqused_k;
+  p.window_left = pr.window_left;
+  p.window_right = pr.window_right;
+  p.softmax_scale = pr.softmax_scale;
+  p.scale_log2 = pr.softmax_scale * float(M_LOG2E);
+  p.softcap = pr.softcap;
+  p.softcap_arg_scale = pr.softcap > 0.f ? pr.softmax_scale / pr.softcap : 0.f;
+  p.alibi_slopes = pr.alibi_slopes;
+  p.alibi_batch_stride = pr.alibi_batch_stride;
+  p.score_mod = pr.softcap > 0.f || pr.alibi_slopes != nullptr;
+  p.dropout = pr.dropout_p > 0.f;
+  p.drop_threshold = uint32_t(std::fmin(std::floor(double(pr.dropout_p) * 4294967296.0), 4294967295.0));
+  p.rp_dropout = 1.f / (1.f - pr.dropout_p);
+  p.seed_lo = uint32_t(pr.rng_seed);
+  p.seed_hi = uint32_t(pr.rng_seed >> 32);
+  p.offset_lo = uint32_t(pr.rng_offset);
+  p.rtz = (pr.flags & FA_FLAG_RTZ) != 0;
+}
+
+struct BwdWorkspace {
+  size_t dsum, dq_accum, dq_locks, dk_accum, dv_accum, bytes;
+};
+
+BwdWorkspace plan_bwd(fa_problem const& pr, int bucket, sm80::ArchRow row) {
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t rows_q = size_t(pr.batch) * pr.seqlen_q, rows_k = size_t(pr.batch) * pr.seqlen_k;
+  const bool grouped = pr.nheads != pr.nheads_k;
+  const bool deterministic = (pr.flags & FA_FLAG_DETERMINISTIC) != 0;
+  const int m_blocks = ceil_div(pr.seqlen_q, sm80::bwd_tile(row, bucket).block_m);
+  BwdWorkspace w{};
+  size_t at = 0;
+  w.dsum = at;
+  at += align(rows_q * pr.nheads * sizeof(float));
+  w.dq_accum = at;
+  at += align(rows_q * pr.nheads * bucket * sizeof(float));
+  w.dq_locks = at;
+  at += deterministic ? align(size_t(pr.batch) * pr.nheads * m_blocks * sizeof(int32_t)) : 0;
+  w.dk_accum = at;
+  at += grouped ? align(rows_k * pr.nheads * bucket * sizeof(float)) : 0;
+  w.dv_accum = at;
+  at += grouped ? align(rows_k * pr.nheads * bucket * sizeof(float)) : 0;
+  w.bytes = at;
+  return w;
+}
+
+template <class Params>
+int check_header(Params const* prm) {
+  if (!prm) { return fail(FA_ERR_INVALID_ARGUMENT, "params is NULL"); }
+  if (prm->abi_version != FA_ABI_VERSION || prm->struct_size != sizeof(Params)) {
+    return fail(FA_ERR_ABI_MISMATCH, "params abi_version/struct_size differ from the library's (abi " +
+                                         std::to_string(FA_ABI_VERSION) + ", size " + std::to_string(sizeof(Params)) + ")");
+  }
+  return FA_OK;
+}
+
+int launched(cudaError_t err) {
+  if (err != cudaSuccess) { return fail(FA_ERR_DEVICE, std::string("CUDA: ") + cudaGetErrorString(err)); }
+  g_last_error.clear();
+  return FA_OK;
+}
+
+}  // namespace
+}  // namespace fa
+
+using namespace fa;
+
+extern "C" int fa_abi_version(void) { return FA_ABI_VERSION; }
+extern "C" const char* fa_build_info(void) { return kBuildInfo; }
+extern "C" const char* fa_last_error(void) { return g_last_error.c_str(); }
+
+extern "C" int fa_fwd_workspace_size(const fa_fwd_params* prm, size_t* bytes) {
+  if (int s = check_header(prm)) { return s; }
+  *bytes = 0;  // no split-KV: the forward needs no scratch
+  return FA_OK;
+}
+
+extern "C" int fa_fwd(const fa_fwd_params* prm) {
+  if (int s = check_header(prm)) { return s; }
+  fa_problem const& pr = prm->problem;
+  Resolved r{};
+  if (int s = resolve(pr, /*backward=*/false, r)) { return s; }
+  const bool varlen_q = pr.cu_seqlens_q != nullptr, varlen_k = pr.cu_seqlens_k != nullptr;
+  if (!aligned(prm->q, varlen_q) || !aligned(prm->out, varlen_q) || !aligned(prm->k, varlen_k) ||
+      !aligned(prm->v, varlen_k)) {
+    return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs 16-byte aligned pointers and strides that are multiples of 8");
+  }
+  if (pr.batch == 0 || pr.seqlen_q == 0 || pr.nheads == 0) { return FA_OK; }
+  AttnParams p{};
+  fill_problem(pr, p);
+  p.q = ref(prm->q);
+  p.k = ref(prm->k);
+  p.v = ref(prm->v);
+  p.out = ref(prm->out);
+  p.lse = prm->lse;
+  return launched(r.entry->fwd(p, r.row, static_cast<cudaStream_t>(pr.stream)));
+}
+
+extern "C" int fa_bwd_workspace_size(const fa_bwd_params* prm, size_t* bytes) {
+  if (int s = check_header(prm)) { return s; }
+  Resolved r{};
+  if (int s = resolve(prm->problem, /*backward=*/true, r)) { return s; }
+  *bytes = plan_bwd(prm->problem, r.bucket, r.row).bytes;
+  return FA_OK;
+}
+
+extern "C" int fa_bwd(const fa_bwd_params* prm) {
+  if (int s = check_header(prm)) { return s; }
+  fa_problem const& pr = prm->problem;
+  Resolved r{};
+  if (int s = resolve(pr, /*backward=*/true, r)) { return s; }
+  const bool varlen_q = pr.cu_seqlens_q != nullptr, varlen_k = pr.cu_seqlens_k != nullptr;
+  for (fa_tensor const* t : {&prm->q, &prm->out, &prm->dout, &prm->dq}) {
+    if (!aligned(*t, varlen_q)) { return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs 16-byte aligned pointers and strides that are multiples of 8"); }
+  }
+  for (fa_tensor const* t : {&prm->k, &prm->v, &prm->dk, &prm->dv}) {
+    if (!aligned(*t, varlen_k)) { return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs 16-byte aligned pointers and strides that are multiples of 8"); }
+  }
+  if (pr.batch == 0 || pr.nheads == 0 || (pr.seqlen_q == 0 && pr.seqlen_k == 0)) { return FA_OK; }
+  const BwdWorkspace w = plan_bwd(pr, r.bucket, r.row);
+  if (w.bytes > 0 && !prm->workspace) { return fail(FA_ERR_INVALID_ARGUMENT, "workspace is NULL"); }
+  char* ws = static_cast<char*>(prm->workspace);
+  BwdParams p{};
+  fill_problem(pr, p);
+  p.q = ref(prm->q);
+  p.k = ref(prm->k);
+  p.v = ref(prm->v);
+  p.out = ref(prm->out);
+  p.dout = ref(prm->dout);
+  p.dq = ref(prm->dq);
+  p.dk = ref(prm->dk);
+  p.dv = ref(prm->dv);
+  p.lse = const_cast<float*>(prm->lse);
+  p.dsum = reinterpret_cast<float*>(ws + w.dsum);
+  p.dq_accum = reinterpret_cast<float*>(ws + w.dq_accum);
+  p.deterministic = (pr.flags & FA_FLAG_DETERMINISTIC) != 0;
+  p.dq_locks = p.deterministic ? reinterpret_cast<int32_t*>(ws + w.dq_locks) : nullptr;
+  p.dk_accum = p.group > 1 ? reinterpret_cast<float*>(ws + w.dk_accum) : nullptr;
+  p.dv_accum = p.group > 1 ? reinterpret_cast<float*>(ws + w.dv_accum) : nullptr;
+  p.rows_q_bound = int64_t(pr.batch) * pr.seqlen_q;
+  p.m_blocks = ceil_div(pr.seqlen_q, sm80::bwd_tile(r.row, r.bucket).block_m);
+  return launched(r.entry->bwd(p, r.row, static_cast<cudaStream_t>(pr.stream)));
+}

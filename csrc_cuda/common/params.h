@@ -1,0 +1,63 @@
+// The kernels' view of one attention call, built once per call by abi_glue.cu from the C ABI
+// structs. Everything a kernel would otherwise recompute per thread (log2-domain scales, the
+// dropout threshold, the query-head group size) is precomputed on the host here.
+#pragma once
+
+#include <cstdint>
+
+namespace fa {
+
+// A (batch, row, head, dim) tensor; strides in elements, the head dimension contiguous.
+struct TensorRef {
+  void* ptr;
+  int64_t batch_stride;
+  int64_t row_stride;
+  int64_t head_stride;
+};
+
+struct AttnParams {
+  TensorRef q, k, v, out;
+  float* lse;  // (batch, nheads, seqlen_q), or (nheads, total_q) when cu_seqlens_q is set
+  int64_t total_q;  // varlen: rows of q, the lse head stride
+
+  int batch, nheads, nheads_k;
+  int group;     // nheads / nheads_k: query heads that share one key/value head
+  int head_dim;  // the caller's head dimension; kernels are compiled for a bucket >= head_dim
+  int seqlen_q, seqlen_k;  // maxima over the batch
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  const int32_t* seqused_k;
+
+  int window_left, window_right;  // -1 = unbounded
+
+  // Scores: without a score modifier the softmax runs on raw q.k with exp2 and scale_log2;
+  // with softcap or ALiBi the scores are first turned into logits, then exp2 uses log2(e).
+  bool score_mod;
+  float softmax_scale;
+  float scale_log2;         // softmax_scale * log2(e)
+  float softcap;            // 0 = off
+  float softcap_arg_scale;  // softmax_scale / softcap
+  const float* alibi_slopes;
+  int64_t alibi_batch_stride;
+
+  bool dropout;
+  uint32_t drop_threshold;  // a Philox word below it drops the element
+  float rp_dropout;         // 1 / (1 - dropout_p)
+  uint32_t seed_lo, seed_hi, offset_lo;
+
+  bool rtz;  // fp32 -> 16-bit conversions round toward zero
+};
+
+struct BwdParams : AttnParams {
+  TensorRef dout, dq, dk, dv;
+  float* dsum;          // D = rowsum(dO * O), indexed like lse with total rows = rows_q_bound
+  float* dq_accum;      // (rows_q_bound, nheads, kHeadDim) fp32, zeroed before the main kernel
+  int32_t* dq_locks;    // (batch, nheads, m_blocks) turn counters, deterministic mode only
+  float* dk_accum;      // (rows_k_bound, nheads, kHeadDim) fp32 per query head when group > 1
+  float* dv_accum;
+  int64_t rows_q_bound;  // batch * seqlen_q: an upper bound of total_q in varlen
+  int m_blocks;          // query blocks of the longest sequence (lock table width)
+  bool deterministic;
+};
+
+}  // namespace fa

@@ -1,0 +1,238 @@
+// The backward main kernel: one block per (key block, query head, batch entry) keeps K, V and the
+// dK, dV accumulators on chip and walks the query blocks that see its keys. Per query block:
+// recompute S and dP, form P and dS (bwd_step.h), accumulate dV += P^T dO and dK += dS^T Q from
+// shared memory, and add dQ = dS K to an fp32 buffer (bwd_dq_accum.h). With grouped KV heads each
+// query head writes fp32 dK, dV partials that bwd_postprocess.h sums in a fixed order.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "../common/mask.h"
+#include "../common/params.h"
+#include "../common/seqlen.h"
+#include "bwd_dq_accum.h"
+#include "bwd_step.h"
+#include "fwd_epilogue.h"
+#include "kernel_traits.h"
+#include "tile_io.h"
+
+namespace fa::sm80 {
+
+using namespace cute;
+
+// Query blocks [m_lo, m_hi) whose key range contains n_block: an interval, because both ends of
+// a query block's key range grow with the block index.
+template <int kBlockM, int kBlockN>
+__device__ __forceinline__ void visiting_query_blocks(Mask const& mask, int n_block, int& m_lo, int& m_hi) {
+  mask.query_blocks<kBlockM, kBlockN>(n_block, m_lo, m_hi);
+  auto sees = [&](int m) {
+    int n_min, n_max;
+    mask.key_blocks<kBlockM, kBlockN>(m, n_min, n_max);
+    return n_min <= n_block && n_block < n_max;
+  };
+  while (m_lo < m_hi && !sees(m_lo)) { ++m_lo; }
+  while (m_hi > m_lo && !sees(m_hi - 1)) { --m_hi; }
+}
+
+// dK or dV of this key block: 16-bit straight into the output when the key head serves one query
+// head, else fp32 into this query head's slot of the partial buffer (rows_k, nheads, kHeadDim).
+template <class Element, int kHeadDim, class Acc, class Coord>
+__device__ __forceinline__ void store_dkv(Acc const& acc, Coord const& tcC, BwdParams const& p, TensorRef const& out,
+                                          float* accum, SeqInfo const& seq, int b, int h, int row0) {
+  const int max_rows = seq.seqlen_k_rows - row0;  // keys past seqused_k get their zero gradient too
+  if (p.group == 1) {
+    Element* base = static_cast<Element*>(out.ptr) + seq.k_offset(out, b) + h * out.head_stride +
+                    int64_t(row0) * out.row_stride;
+    store_rows(acc, tcC, base, out.row_stride, max_rows, p.head_dim, p.rtz);
+    return;
+  }
+  const int64_t row_stride = int64_t(p.nheads) * kHeadDim;
+  float* base = accum + (seq.k_row0 + row0) * row_stride + h * kHeadDim;
+#pragma unroll
+  for (int i = 0; i < size(acc) / 2; ++i) {
+    const int row = get<0>(tcC(2 * i)), col = get<1>(tcC(2 * i));
+    if (row < max_rows) {
+      *reinterpret_cast<float2*>(base + row * row_stride + col) = make_float2(acc(2 * i), acc(2 * i + 1));
+    }
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ const BwdParams p) {
+  using Element = typename T::Element;
+  constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
+  const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+
+  const SeqInfo seq(p, b);
+  if (n_block * kBlockN >= seq.seqlen_k_rows) { return; }
+  const Mask mask{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right};
+  int m_lo, m_hi;
+  visiting_query_blocks<kBlockM, kBlockN>(mask, n_block, m_lo, m_hi);
+  const int col0 = n_block * kBlockN;
+
+  // Global tiles
+  const int hk = h / p.group;
+  auto head_tensor = [&](TensorRef const& t, int64_t offset, int rows) {
+    return make_tensor(make_gmem_ptr(static_cast<Element*>(t.ptr) + offset),
+                       make_shape(rows, Int<kHeadDim>{}), make_stride(t.row_stride, _1{}));
+  };
+  Tensor mQ = head_tensor(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
+  Tensor mdO = head_tensor(p.dout, seq.q_offset(p.dout, b) + h * p.dout.head_stride, seq.seqlen_q);
+  Tensor mK = head_tensor(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
+  Tensor mV = head_tensor(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
+  Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, 0));    // (kBlockM, kHeadDim, m)
+  Tensor gdO = local_tile(mdO, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockM, kHeadDim, m)
+  Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));  // (kBlockN, kHeadDim)
+  Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));
+
+  // Shared tiles, and the transposed views that feed the dK, dV and dQ products
+  extern __shared__ __align__(128) char smem[];
+  using LQ = typename T::SmemQ;
+  using LKV = typename T::SmemKV;
+  using LPdS = typename T::SmemPdS;
+  Tensor sK = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)), typename LKV::Layout{});
+  Tensor sV = make_tensor(sK.data() + size(sK), typename LKV::Layout{});
+  Tensor sQ = make_tensor(sV.data() + size(sV), typename LQ::Layout{});
+  Tensor sdO = make_tensor(sQ.data() + size(sQ), typename LQ::Layout{});
+  Tensor sP = make_tensor(sdO.data() + size(sdO), typename LPdS::Layout{});
+  Tensor sdS = make_tensor(sP.data() + size(sP), typename LPdS::Layout{});
+  Tensor sKt = make_tensor(sK.data(), typename LKV::LayoutT{});      // (kHeadDim, kBlockN)
+  Tensor sQt = make_tensor(sQ.data(), typename LQ::LayoutT{});       // (kHeadDim, kBlockM)
+  Tensor sdOt = make_tensor(sdO.data(), typename LQ::LayoutT{});     // (kHeadDim, kBlockM)
+  Tensor sPt = make_tensor(sP.data(), typename LPdS::LayoutT{});     // (kBlockN, kBlockM)
+  Tensor sdSt = make_tensor(sdS.data(), typename LPdS::LayoutT{});   // (kBlockN, kBlockM)
+
+  // Global -> shared copies
+  typename T::GmemCopy gmem_copy;
+  auto gmem_thr = gmem_copy.get_thread_slice(tid);
+  Tensor tQgQ = gmem_thr.partition_S(gQ);  // (CPY, CPY_M, CPY_K, m)
+  Tensor tQsQ = gmem_thr.partition_D(sQ);
+  Tensor tQgdO = gmem_thr.partition_S(gdO);
+  Tensor tQsdO = gmem_thr.partition_D(sdO);
+  Tensor tKgK = gmem_thr.partition_S(gK);  // (CPY, CPY_N, CPY_K)
+  Tensor tKsK = gmem_thr.partition_D(sK);
+  Tensor tKgV = gmem_thr.partition_S(gV);
+  Tensor tKsV = gmem_thr.partition_D(sV);
+  Tensor tQcQ = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tKcK = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+
+  // S = Q K^T and dP = dO V^T: (kBlockM x kBlockN)
+  typename T::MmaSdP mma_sdp;
+  auto thr_sdp = mma_sdp.get_thread_slice(tid);
+  Tensor tSrQ = thr_sdp.partition_fragment_A(sQ);     // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_sdp.partition_fragment_B(sK);     // (MMA, MMA_N, MMA_K)
+  Tensor tdPrdO = thr_sdp.partition_fragment_A(sdO);
+  Tensor tdPrV = thr_sdp.partition_fragment_B(sV);
+  auto s2r_sdp_a = make_tiled_copy_A(LdsmAtom<Element>{}, mma_sdp);
+  auto s2r_sdp_b = make_tiled_copy_B(LdsmAtom<Element>{}, mma_sdp);
+  Tensor tSsQ = s2r_sdp_a.get_thread_slice(tid).partition_S(sQ);
+  Tensor tdPsdO = s2r_sdp_a.get_thread_slice(tid).partition_S(sdO);
+  Tensor tSsK = s2r_sdp_b.get_thread_slice(tid).partition_S(sK);
+  Tensor tdPsV = s2r_sdp_b.get_thread_slice(tid).partition_S(sV);
+  Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+
+  // dV += P^T dO and dK += dS^T Q: (kBlockN x kHeadDim), both operands read transposed
+  typename T::MmaDkv mma_dkv;
+  auto thr_dkv = mma_dkv.get_thread_slice(tid);
+  Tensor tdVrPt = thr_dkv.partition_fragment_A(make_tensor(sP.data(), typename LPdS::LayoutTNoSwizzle{}));
+  Tensor tdVrdOt = thr_dkv.partition_fragment_B(make_tensor(sdO.data(), typename LQ::LayoutTNoSwizzle{}));
+  Tensor tdKrdSt = thr_dkv.partition_fragment_A(make_tensor(sdS.data(), typename LPdS::LayoutTNoSwizzle{}));
+  Tensor tdKrQt = thr_dkv.partition_fragment_B(make_tensor(sQ.data(), typename LQ::LayoutTNoSwizzle{}));
+  auto s2r_dkv_a = make_tiled_copy_A(LdsmTransAtom<Element>{}, mma_dkv);
+  auto s2r_dkv_b = make_tiled_copy_B(LdsmTransAtom<Element>{}, mma_dkv);
+  Tensor tdVsPt = s2r_dkv_a.get_thread_slice(tid).partition_S(sPt);
+  Tensor tdKsdSt = s2r_dkv_a.get_thread_slice(tid).partition_S(sdSt);
+  Tensor tdVsdOt = s2r_dkv_b.get_thread_slice(tid).partition_S(sdOt);
+  Tensor tdKsQt = s2r_dkv_b.get_thread_slice(tid).partition_S(sQt);
+  Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});  // (MMA, MMA_N, MMA_K)
+  Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  Tensor tdKcdK = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  clear(acc_dk);
+  clear(acc_dv);
+
+  // dQ = dS K: (kBlockM x kHeadDim), K read transposed
+  typename T::MmaDq mma_dq;
+  auto thr_dq = mma_dq.get_thread_slice(tid);
+  Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
+  Tensor tdQrKt = thr_dq.partition_fragment_B(make_tensor(sK.data(), typename LKV::LayoutTNoSwizzle{}));
+  auto s2r_dq_a = make_tiled_copy_A(LdsmAtom<Element>{}, mma_dq);
+  auto s2r_dq_b = make_tiled_copy_B(LdsmTransAtom<Element>{}, mma_dq);
+  Tensor tdQsdS = s2r_dq_a.get_thread_slice(tid).partition_S(sdS);
+  Tensor tdQsKt = s2r_dq_b.get_thread_slice(tid).partition_S(sKt);
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+  const ScoreMod mod(p, b, h, mask.diag());
+    const float* lse = p.lse + seq.lse_offset(p, b, h, p.total_q);
+  const float* dsum = p.dsum + seq.lse_offset(p, b, h, p.rows_q_bound);
+  const int64_t dq_row_stride = int64_t(p.nheads) * kHeadDim;
+  float* dq_accum = p.dq_accum + seq.q_row0 * dq_row_stride + h * kHeadDim;
+  Tensor rows_of_s = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
+  constexpr int kRows = decltype(size<0>(rows_of_s))::value;
+
+  load_tile(gmem_copy, tKgK, tKsK, tKcK, seq.seqlen_k - col0, p.head_dim);
+  load_tile(gmem_copy, tKgV, tKsV, tKcK, seq.seqlen_k - col0, p.head_dim);
+  if (m_lo < m_hi) {
+    load_tile(gmem_copy, tQgQ(_, _, _, m_lo), tQsQ, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
+    load_tile(gmem_copy, tQgdO(_, _, _, m_lo), tQsdO, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
+  }
+  cp_async_fence();
+
+  for (int m = m_lo; m < m_hi; ++m) {
+    const TileRows tile{m * kBlockM, col0, mask.tile_is_partial<kBlockM, kBlockN>(m, n_block),
+                        uint32_t(b * p.nheads + h)};
+    float lse_log2[kRows], dsum_r[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int row = tile.row0 + get<0>(rows_of_s(r, 0));
+      lse_log2[r] = row < seq.seqlen_q ? lse[row] * float(M_LOG2E) : INFINITY;
+      dsum_r[r] = row < seq.seqlen_q ? dsum[row] : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // Q(m), dO(m) (and K, V) landed; every warp is done reading dS(m-1)
+
+    Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});   // (MMA, MMA_M, MMA_N)
+    Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    clear(acc_s);
+    clear(acc_dp);
+    gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
+    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
+    scores_to_p_ds(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p);
+    store_fragment_smem<Element>(acc_s, tScS, sP, p.rtz);
+    store_fragment_smem<Element>(acc_dp, tScS, sdS, p.rtz);
+    __syncthreads();  // P and dS visible to every warp
+
+    gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, tdVsdOt, mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
+    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, tdKsQt, mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
+    __syncthreads();  // every warp is done reading Q(m) and dO(m)
+    if (m + 1 < m_hi) {
+      load_tile(gmem_copy, tQgQ(_, _, _, m + 1), tQsQ, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
+      load_tile(gmem_copy, tQgdO(_, _, _, m + 1), tQsdO, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
+      cp_async_fence();
+    }
+
+    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+    clear(acc_dq);
+    gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, mma_dq, s2r_dq_a, s2r_dq_b, tid);
+    int32_t* turn = nullptr;
+    if (p.deterministic) {
+      int n_first, n_end;
+      mask.key_blocks<kBlockM, kBlockN>(m, n_first, n_end);
+      turn = p.dq_locks + (int64_t(b) * p.nheads + h) * p.m_blocks + m;
+      wait_turn(turn, n_block - n_first);
+    }
+    add_dq(acc_dq, tdQcdQ, dq_accum + int64_t(tile.row0) * dq_row_stride, dq_row_stride, seq.seqlen_q - tile.row0,
+           p.head_dim);
+    if (p.deterministic) { pass_turn(turn); }
+  }
+  cp_async_wait<0>();  // K and V are still pending when no query block sees this key block
+
+  // dK = scale * sum dS^T Q (the score scale of S = scale * q.k); dV = sum P^T dO / (1 - p_drop)
+  for (int i = 0; i < size(acc_dk); ++i) {
+    acc_dk(i) *= p.softmax_scale;
+    acc_dv(i) *= p.rp_dropout;
+  }
+  store_dkv<Element, kHeadDim>(acc_dk, tdKcdK, p, p.dk, p.dk_accum, seq, b, h, col0);
+  store_dkv<Element, kHeadDim>(acc_dv, tdKcdK, p, p.dv, p.dv_accum, seq, b, h, col0);
+}
+
+}  // namespace fa::sm80

@@ -1,0 +1,57 @@
+// Host side of the backward: zero the fp32 dQ sum (and turn counters), D = rowsum(dO * O), the
+// main kernel, then the dQ conversion and, for grouped KV heads, the dK/dV reduction.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "../common/launch.h"
+#include "bwd_kernel.h"
+#include "bwd_rowwise.h"
+
+namespace fa::sm80 {
+
+template <ArchRow Row, int HeadDim, class Element>
+using BwdTraitsFor =
+    BwdTraits<HeadDim, bwd_tile(Row, HeadDim).block_m, bwd_tile(Row, HeadDim).block_n, bwd_tile(Row, HeadDim).warps,
+              bwd_tile(Row, HeadDim).sdp_warps_m, bwd_tile(Row, HeadDim).dkv_warps_n,
+              bwd_tile(Row, HeadDim).dq_warps_m, Element>;
+
+template <class T>
+cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
+  using Element = typename T::Element;
+  const size_t dq_bytes = size_t(p.rows_q_bound) * p.nheads * T::kHeadDim * sizeof(float);
+  cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, dq_bytes, stream);
+  if (err == cudaSuccess && p.deterministic) {
+    err = cudaMemsetAsync(p.dq_locks, 0, size_t(p.batch) * p.nheads * p.m_blocks * sizeof(int32_t), stream);
+  }
+  if (err != cudaSuccess) { return err; }
+
+  // An empty side launches nothing (a zero grid is an error): with no queries the keys' gradients
+  // are still written (zeros), with no keys dQ is converted from the zeroed sum.
+  const dim3 q_rows(ceil_div(p.seqlen_q, kRowsPerBlock), p.nheads, p.batch);
+  if (p.seqlen_q > 0) { bwd_dsum_kernel<Element><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
+
+  auto kernel = &bwd_kernel<T>;
+  if ((err = allow_smem(kernel, T::kSmemBytes)) != cudaSuccess) { return err; }
+  const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
+  if (p.seqlen_k > 0) { kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p); }
+
+  if (p.seqlen_q > 0) { bwd_dq_convert_kernel<Element, T::kHeadDim><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
+  if (p.group > 1 && p.seqlen_k > 0) {
+    const dim3 k_rows(ceil_div(p.seqlen_k, kRowsPerBlock), p.nheads_k, p.batch);
+    bwd_dkv_reduce_kernel<Element, T::kHeadDim><<<k_rows, kRowKernelThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <int HeadDim, class Element>
+cudaError_t run_bwd(BwdParams const& p, ArchRow row, cudaStream_t stream) {
+  switch (row) {
+    case ArchRow::kSm80: return launch_bwd<BwdTraitsFor<ArchRow::kSm80, HeadDim, Element>>(p, stream);
+    case ArchRow::kSm86: return launch_bwd<BwdTraitsFor<ArchRow::kSm86, HeadDim, Element>>(p, stream);
+    case ArchRow::kSm90: return launch_bwd<BwdTraitsFor<ArchRow::kSm90, HeadDim, Element>>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace fa::sm80

@@ -1,0 +1,69 @@
+// The element-wise heart of the backward, for one (query block x key block) tile: from the
+// recomputed scores S and dP = dO V^T to the probabilities P (dropped ones zeroed, for dV) and
+// dS = P * (dP - D) (times d tanh under softcap), both written to shared memory as 16-bit.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "../common/convert.h"
+#include "../common/fast_math.h"
+#include "../common/fragment.h"
+#include "../common/mask.h"
+#include "../common/philox.h"
+
+namespace fa::sm80 {
+
+using namespace cute;
+
+struct TileRows {
+  int row0, col0;        // tile origin in the sequence
+  bool partial;          // some element needs the visibility mask
+  uint32_t bh;           // dropout stream of this (batch, head)
+};
+
+// acc_s: raw q.k, acc_dp: dO.v; both (MMA, MMA_M, MMA_N) with coordinates tScS. lse_log2 and
+// dsum hold, per row of the rowcol view, lse * log2(e) (+inf past the sequence) and D.
+// On return acc_s holds P with dropped entries zeroed and acc_dp holds dS.
+template <int kRows, class Acc, class Coord>
+__device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord const& tScS, TileRows const& t,
+                                               float const (&lse_log2)[kRows], float const (&dsum)[kRows],
+                                               Mask const& mask, ScoreMod const& mod, AttnParams const& p) {
+  Tensor s = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
+  Tensor dp = make_tensor(acc_dp.data(), rowcol_layout(acc_dp.layout()));
+  Tensor c = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
+  static_assert(decltype(size<0>(s))::value == kRows);
+  const float mult = p.score_mod ? float(M_LOG2E) : p.scale_log2;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int j = 0; j < size<1>(s); j += 2) {
+      const int row = t.row0 + get<0>(c(r, j)), col = t.col0 + get<1>(c(r, j));
+      bool keep[2] = {true, true};
+      if (p.dropout) {
+        dropout_keep_pair(p.seed_lo, p.seed_hi, p.offset_lo, t.bh, row, col, p.drop_threshold, keep[0], keep[1]);
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x = s(r, j + e), dtanh = 1.f;
+        if (p.score_mod) { x = mod.logit(x, row, col + e, dtanh); }
+        if (t.partial && !mask.visible(row, col + e)) { x = -INFINITY; }
+        const float prob = fast_exp2(x * mult - lse_log2[r]);
+        const float dprob = keep[e] ? dp(r, j + e) * p.rp_dropout : 0.f;
+        dp(r, j + e) = prob * (dprob - dsum[r]) * dtanh;
+        s(r, j + e) = keep[e] ? prob : 0.f;
+      }
+    }
+  }
+}
+
+// Writes a (MMA, MMA_M, MMA_N) fp32 fragment as 16-bit pairs into a (rows, cols) smem tile.
+template <class Element, class Acc, class Coord, class SmemTensor>
+__device__ __forceinline__ void store_fragment_smem(Acc const& acc, Coord const& tScS, SmemTensor& smem, bool rtz) {
+#pragma unroll
+  for (int i = 0; i < size(acc) / 2; ++i) {
+    const int row = get<0>(tScS(2 * i)), col = get<1>(tScS(2 * i));
+    *reinterpret_cast<uint32_t*>(&smem(row, col)) = pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
+  }
+}
+
+}  // namespace fa::sm80

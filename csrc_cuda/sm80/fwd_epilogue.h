@@ -1,0 +1,41 @@
+// Forward epilogue: the normalised output accumulator goes straight from registers to global
+// memory as 16-bit pairs, and one lane per quad writes each row's logsumexp.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "../common/convert.h"
+#include "../common/fragment.h"
+
+namespace fa::sm80 {
+
+using namespace cute;
+
+// acc: (MMA, MMA_M, MMA_N) fp32, tOcO its (row, col) coordinates inside the tile. Rows at or past
+// max_rows and columns at or past head_dim are not written.
+template <class Element, class Acc, class Coord>
+__device__ __forceinline__ void store_rows(Acc const& acc, Coord const& tOcO, Element* base, int64_t row_stride,
+                                           int max_rows, int head_dim, bool rtz) {
+#pragma unroll
+  for (int i = 0; i < size(acc) / 2; ++i) {
+    const int row = get<0>(tOcO(2 * i)), col = get<1>(tOcO(2 * i));
+    if (row < max_rows && col < head_dim) {
+      *reinterpret_cast<uint32_t*>(base + row * row_stride + col) =
+          pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
+    }
+  }
+}
+
+// lse[r] belongs to row r of the rowcol view of tOcO; lane 0 of each quad writes it.
+template <int kRows, class Coord>
+__device__ __forceinline__ void store_lse(float const (&lse)[kRows], Coord const& tOcO, float* base, int max_rows) {
+  if (threadIdx.x % 4 != 0) { return; }
+  Tensor rows = make_tensor(tOcO.data(), rowcol_layout(tOcO.layout()));
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int row = get<0>(rows(r, 0));
+    if (row < max_rows) { base[row] = lse[r]; }
+  }
+}
+
+}  // namespace fa::sm80

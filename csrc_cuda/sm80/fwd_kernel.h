@@ -1,0 +1,135 @@
+// The forward kernel: one block per (query block, head, batch entry). Q stays in shared memory;
+// key blocks stream through from the last to the first (the partially masked ones come first),
+// with V(n) loading during S = Q K^T and K(n-1) during O += P V. P never leaves registers.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "../common/fragment.h"
+#include "../common/mask.h"
+#include "../common/params.h"
+#include "../common/seqlen.h"
+#include "../common/softmax.h"
+#include "fwd_epilogue.h"
+#include "kernel_traits.h"
+#include "score_ops.h"
+#include "tile_io.h"
+
+namespace fa::sm80 {
+
+using namespace cute;
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ const AttnParams p) {
+  using Element = typename T::Element;
+  constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
+  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+
+  const SeqInfo seq(p, b);
+  if (m_block * kBlockM >= seq.seqlen_q) { return; }
+  const Mask mask{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right};
+  int n_min, n_max;
+  mask.key_blocks<kBlockM, kBlockN>(m_block, n_min, n_max);
+  const int row0 = m_block * kBlockM;
+
+  // Global tiles
+  const int hk = h / p.group;
+  auto head_tensor = [&](TensorRef const& t, int64_t offset, int rows) {
+    return make_tensor(make_gmem_ptr(static_cast<Element*>(t.ptr) + offset),
+                       make_shape(rows, Int<kHeadDim>{}), make_stride(t.row_stride, _1{}));
+  };
+  Tensor mQ = head_tensor(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
+  Tensor mK = head_tensor(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
+  Tensor mV = head_tensor(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
+  Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));  // (kBlockM, kHeadDim)
+  Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)
+  Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)
+
+  // Shared tiles
+  extern __shared__ __align__(128) char smem[];
+  Tensor sQ = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)), typename T::SmemQ::Layout{});
+  Tensor sK = make_tensor(sQ.data() + size(sQ), typename T::SmemKV::Layout{});
+  Tensor sV = make_tensor(sK.data() + size(sK), typename T::SmemKV::Layout{});
+  Tensor sVt = make_tensor(sV.data(), typename T::SmemKV::LayoutT{});                 // (kHeadDim, kBlockN)
+  Tensor sVtShape = make_tensor(sV.data(), typename T::SmemKV::LayoutTNoSwizzle{});
+
+  // Global -> shared copies, with coordinates for predication
+  typename T::GmemCopy gmem_copy;
+  auto gmem_thr = gmem_copy.get_thread_slice(tid);
+  Tensor tQgQ = gmem_thr.partition_S(gQ);  // (CPY, CPY_M, CPY_K)
+  Tensor tQsQ = gmem_thr.partition_D(sQ);
+  Tensor tKgK = gmem_thr.partition_S(gK);  // (CPY, CPY_N, CPY_K, n)
+  Tensor tKsK = gmem_thr.partition_D(sK);
+  Tensor tVgV = gmem_thr.partition_S(gV);
+  Tensor tVsV = gmem_thr.partition_D(sV);
+  Tensor tQcQ = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tKcK = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+
+  // MMA fragments and the ldmatrix partitions that feed them
+  typename T::Mma mma;
+  auto thr_mma = mma.get_thread_slice(tid);
+  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);         // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_mma.partition_fragment_B(sK);         // (MMA, MMA_N, MMA_K)
+  Tensor tOrVt = thr_mma.partition_fragment_B(sVtShape);  // (MMA, MMA_K over d, MMA_N over keys)
+  auto s2r_q = make_tiled_copy_A(LdsmAtom<Element>{}, mma);
+  auto s2r_k = make_tiled_copy_B(LdsmAtom<Element>{}, mma);
+  auto s2r_v = make_tiled_copy_B(LdsmTransAtom<Element>{}, mma);
+  Tensor tSsQ = s2r_q.get_thread_slice(tid).partition_S(sQ);
+  Tensor tSsK = s2r_k.get_thread_slice(tid).partition_S(sK);
+  Tensor tOsVt = s2r_v.get_thread_slice(tid).partition_S(sVt);
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+  Tensor acc_o = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+  clear(acc_o);
+  Tensor o_rc = make_tensor(acc_o.data(), rowcol_layout(acc_o.layout()));
+  OnlineSoftmax<decltype(size<0>(o_rc))::value> softmax;
+  const float mult = p.score_mod ? float(M_LOG2E) : p.scale_log2;
+  const ScoreMod mod(p, b, h, mask.diag());
+  const uint32_t bh = uint32_t(b * p.nheads + h);
+
+  load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, seq.seqlen_q - row0, p.head_dim);
+  if (n_max > n_min) {
+    load_tile(gmem_copy, tKgK(_, _, _, n_max - 1), tKsK, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
+  }
+  cp_async_fence();
+
+  for (int n = n_max - 1; n >= n_min; --n) {
+    const int col0 = n * kBlockN;
+    Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
+    clear(acc_s);
+    cp_async_wait<0>();
+    __syncthreads();  // K(n) landed; every warp is done reading V(n+1)
+    load_tile(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, seq.seqlen_k - col0, p.head_dim);
+    cp_async_fence();
+
+    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma, s2r_q, s2r_k, tid);
+    if (p.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
+    if (mask.tile_is_partial<kBlockM, kBlockN>(m_block, n)) { apply_mask(acc_s, tScS, row0, col0, mask); }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V(n) landed; every warp is done reading K(n)
+    if (n > n_min) {
+      load_tile(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, seq.seqlen_k - col0 + kBlockN, p.head_dim);
+      cp_async_fence();
+    }
+
+    Tensor s_rc = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
+    softmax.update(s_rc, o_rc, mult);
+    if (p.dropout) { apply_dropout(acc_s, tScS, row0, col0, bh, p); }
+    Tensor rP = make_tensor<Element>(acc_s.layout());
+    convert_fragment<Element>(acc_s, rP, p.rtz);
+    Tensor tOrP = make_tensor(rP.data(), acc_as_operand_a(rP.layout()));  // (MMA, MMA_M, MMA_N / 2)
+    gemm_rs(acc_o, tOrP, tOrVt, tOsVt, mma, s2r_v, tid);
+  }
+  cp_async_wait<0>();  // the Q load is still pending when no key block is visible
+
+  float lse[decltype(size<0>(o_rc))::value];
+  softmax.finalize(o_rc, mult, p.dropout ? p.rp_dropout : 1.f, lse);
+  Element* out = static_cast<Element*>(p.out.ptr) + seq.q_offset(p.out, b) + h * p.out.head_stride +
+                 int64_t(row0) * p.out.row_stride;
+  store_rows(acc_o, tOcO, out, p.out.row_stride, seq.seqlen_q - row0, p.head_dim, p.rtz);
+    store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0, seq.seqlen_q - row0);
+}
+
+}  // namespace fa::sm80

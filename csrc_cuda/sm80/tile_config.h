@@ -1,0 +1,132 @@
+// Tile shapes of the SM80-class kernels, one table per architecture row, chosen by the shared
+// memory one block may use: SM80 (A100) 163 KB, SM86/SM89 99 KB, SM90 (H100) 227 KB. The kernels
+// compile each distinct entry once; fa_problem.arch picks the row at run time, so an H100 can run
+// every row. No CuTe here: the ABI glue reads the same facts to size workspaces and check smem.
+#pragma once
+
+#include <cstddef>
+
+namespace fa::sm80 {
+
+enum class ArchRow : int { kSm80 = 0, kSm86 = 1, kSm90 = 2 };
+constexpr int kNumArchRows = 3;
+constexpr size_t kSmemLimit[kNumArchRows] = {163 * 1024, 99 * 1024, 227 * 1024};
+
+constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 192, 256};
+
+struct FwdTile {
+  int head_dim;  // bucket: any head_dim up to it runs with the rest of the tile zero-filled
+  int block_m;   // query rows per block
+  int block_n;   // keys per main-loop step
+  int warps;     // each warp owns block_m / warps whole query rows (online softmax in registers)
+  constexpr size_t smem_bytes() const { return size_t(block_m + 2 * block_n) * head_dim * 2; }
+};
+
+struct BwdTile {
+  int head_dim;
+  int block_m;      // query rows per inner step
+  int block_n;      // keys owned by one block (dK, dV accumulate in its registers)
+  int warps;
+  int sdp_warps_m;  // warp grid of S = Q K^T and dP = dO V^T: sdp_warps_m x (warps / sdp_warps_m)
+  int dkv_warps_n;  // warp grid of dK, dV (block_n x head_dim): dkv_warps_n x (warps / ...)
+  int dq_warps_m;   // warp grid of dQ (block_m x head_dim): dq_warps_m x (warps / ...)
+  // K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit
+  constexpr size_t smem_bytes() const {
+    return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2;
+  }
+};
+
+// clang-format off
+constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
+  {  // SM80, 163 KB
+    { 32, 128, 128, 4},  // small d: a wide key step amortises the softmax per key
+    { 64, 128, 128, 4},  // 192 accumulator registers per thread still fit without spills
+    { 96, 128,  64, 4},  // a 128-key step would need 256 accumulator registers
+    {128, 128,  64, 4},  // 64 KB: two blocks per SM
+    {192, 128,  64, 8},  // 8 warps halve each thread's output accumulator (96 registers)
+    {256, 128,  64, 8},  // 128 KB: one block per SM, 8 warps to hide the ldmatrix latency
+  },
+  {  // SM86 / SM89, 99 KB
+    { 32, 128, 128, 4},  // as SM80 (24 KB)
+    { 64, 128, 128, 4},  // as SM80 (48 KB)
+    { 96, 128,  64, 4},  // as SM80 (48 KB)
+    {128, 128,  64, 4},  // as SM80 (64 KB)
+    {192, 128,  64, 8},  // as SM80 (96 KB, just fits)
+    {256,  64,  64, 4},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
+  },
+  {  // SM90, 227 KB: these SM80-class kernels gain nothing from larger tiles on H100 that
+     // would not also cost occupancy, so it keeps the SM80 shapes
+    { 32, 128, 128, 4},
+    { 64, 128, 128, 4},
+    { 96, 128,  64, 4},
+    {128, 128,  64, 4},
+    {192, 128,  64, 8},
+    {256, 128,  64, 8},
+  },
+};
+
+constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
+  {  // SM80, 163 KB
+    { 32, 128, 128, 8, 4, 4, 4},  // 96 KB
+    { 64,  64, 128, 8, 2, 4, 4},  // 80 KB
+    { 96,  64, 128, 8, 2, 4, 4},  // 104 KB
+    {128,  64, 128, 8, 2, 4, 4},  // 128 KB; dK + dV take 128 registers per thread
+    {192,  64,  64, 8, 2, 4, 4},  // 112 KB; a 128-key block would need 192 dK/dV registers
+    {256,  64,  64, 8, 2, 4, 4},  // 144 KB
+  },
+  {  // SM86 / SM89, 99 KB
+    { 32, 128, 128, 8, 4, 4, 4},  // as SM80 (96 KB)
+    { 64,  64, 128, 8, 2, 4, 4},  // as SM80 (80 KB)
+    { 96,  64,  64, 8, 2, 4, 4},  // 64 KB: the 128-key block needs 104 KB
+    {128,  64,  64, 8, 2, 4, 4},  // 80 KB
+    {192,  32,  64, 8, 2, 4, 2},  // 80 KB: 64 query rows would need 112 KB
+    {256,  32,  32, 4, 2, 2, 2},  // 68 KB: 4 warps, since 8 cannot tile a 32 x 32 score block
+  },
+  {  // SM90, 227 KB: the SM80 shapes (see the forward table)
+    { 32, 128, 128, 8, 4, 4, 4},
+    { 64,  64, 128, 8, 2, 4, 4},
+    { 96,  64, 128, 8, 2, 4, 4},
+    {128,  64, 128, 8, 2, 4, 4},
+    {192,  64,  64, 8, 2, 4, 4},
+    {256,  64,  64, 8, 2, 4, 4},
+  },
+};
+// clang-format on
+
+constexpr int bucket_index(int head_dim) {
+  for (int i = 0; i < 6; ++i) {
+    if (head_dim <= kHeadDimBuckets[i]) { return i; }
+  }
+  return -1;
+}
+
+constexpr FwdTile fwd_tile(ArchRow row, int bucket) {
+  return kFwdTiles[int(row)][bucket_index(bucket)];
+}
+constexpr BwdTile bwd_tile(ArchRow row, int bucket) {
+  return kBwdTiles[int(row)][bucket_index(bucket)];
+}
+
+constexpr bool tables_fit() {
+  for (int r = 0; r < kNumArchRows; ++r) {
+    for (int i = 0; i < 6; ++i) {
+      if (kFwdTiles[r][i].head_dim != kHeadDimBuckets[i] || kBwdTiles[r][i].head_dim != kHeadDimBuckets[i]) {
+        return false;
+      }
+      if (kFwdTiles[r][i].smem_bytes() > kSmemLimit[r] || kBwdTiles[r][i].smem_bytes() > kSmemLimit[r]) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+static_assert(tables_fit(), "a tile's shared memory exceeds its architecture's per-block limit");
+
+// The table row for a compute capability (major * 10 + minor).
+constexpr ArchRow arch_row(int arch) {
+  if (arch >= 90) { return ArchRow::kSm90; }
+  if (arch == 80 || arch == 87) { return ArchRow::kSm80; }
+  return ArchRow::kSm86;
+}
+
+}  // namespace fa::sm80

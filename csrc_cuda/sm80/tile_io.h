@@ -1,0 +1,70 @@
+// Tile movement shared by the SM80-class kernels: predicated global->shared loads, and GEMMs whose
+// operands come from shared memory through ldmatrix (the next k slice loads while this one
+// multiplies).
+#pragma once
+
+#include <cute/tensor.hpp>
+
+namespace fa::sm80 {
+
+using namespace cute;
+
+// cp.async of a partitioned tile, (CPY, CPY_ROWS, CPY_COLS); chunks whose first row or column is
+// out of range are zero-filled in shared memory instead, so padding rows and head-dim columns
+// contribute zeros. Column chunks are 8 elements and head_dim is a multiple of 8, so a chunk is
+// either wholly in or wholly out.
+template <class TiledCopy, class TensorG, class TensorS, class TensorC>
+__device__ __forceinline__ void load_tile(TiledCopy const& copy, TensorG const& src, TensorS&& dst,
+                                          TensorC const& coord, int max_rows, int max_cols) {
+#pragma unroll
+  for (int m = 0; m < size<1>(dst); ++m) {
+    const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
+#pragma unroll
+    for (int k = 0; k < size<2>(dst); ++k) {
+      if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
+        cute::copy(copy, src(_, m, k), dst(_, m, k));
+      } else {
+        cute::clear(dst(_, m, k));
+      }
+    }
+  }
+}
+
+// acc += A * B, both operands in shared memory. tCsA/tCsB: the ldmatrix partitions of the smem
+// tiles; tCrA/tCrB: the MMA register fragments they fill.
+template <class Acc, class FragA, class FragB, class SmemA, class SmemB, class TiledMma, class CopyA, class CopyB>
+__device__ __forceinline__ void gemm_ss(Acc& acc, FragA& tCrA, FragB& tCrB, SmemA const& tCsA,
+                                        SmemB const& tCsB, TiledMma const& mma, CopyA const& copy_a,
+                                        CopyB const& copy_b, int tid) {
+  Tensor tCrA_view = copy_a.get_thread_slice(tid).retile_D(tCrA);
+  Tensor tCrB_view = copy_b.get_thread_slice(tid).retile_D(tCrB);
+  constexpr int kSteps = decltype(size<2>(tCrA))::value;
+  static_assert(kSteps == decltype(size<2>(tCrB))::value);
+  cute::copy(copy_a, tCsA(_, _, 0), tCrA_view(_, _, 0));
+  cute::copy(copy_b, tCsB(_, _, 0), tCrB_view(_, _, 0));
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    if (k + 1 < kSteps) {
+      cute::copy(copy_a, tCsA(_, _, k + 1), tCrA_view(_, _, k + 1));
+      cute::copy(copy_b, tCsB(_, _, k + 1), tCrB_view(_, _, k + 1));
+    }
+    cute::gemm(mma, tCrA(_, _, k), tCrB(_, _, k), acc);
+  }
+}
+
+// acc += A * B with A already in registers (P of the forward).
+template <class Acc, class FragA, class FragB, class SmemB, class TiledMma, class CopyB>
+__device__ __forceinline__ void gemm_rs(Acc& acc, FragA const& tCrA, FragB& tCrB, SmemB const& tCsB,
+                                        TiledMma const& mma, CopyB const& copy_b, int tid) {
+  Tensor tCrB_view = copy_b.get_thread_slice(tid).retile_D(tCrB);
+  constexpr int kSteps = decltype(size<2>(tCrA))::value;
+  static_assert(kSteps == decltype(size<2>(tCrB))::value);
+  cute::copy(copy_b, tCsB(_, _, 0), tCrB_view(_, _, 0));
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    if (k + 1 < kSteps) { cute::copy(copy_b, tCsB(_, _, k + 1), tCrB_view(_, _, k + 1)); }
+    cute::gemm(mma, tCrA(_, _, k), tCrB(_, _, k), acc);
+  }
+}
+
+}  // namespace fa::sm80

@@ -1,0 +1,292 @@
+"""The native CUDA library (csrc_cuda, through flash_attn/backends/native.py) against a float64
+oracle, on a GPU. Skipped where there is no CUDA device or no built library.
+
+Accuracy rule (shared/DESIGN.md): max|ours - fp64| <= 2 * max|baseline - fp64| + 1e-5 for the
+output and the logsumexp, 3x for gradients, where the baseline is the same attention computed in
+the input dtype. FA_TEST_LOG=path appends one JSON line per check (error ratios for reports).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location("_cuda_ref", Path(__file__).with_name("_cuda_ref.py"))
+R = importlib.util.module_from_spec(_spec)
+sys.modules["_cuda_ref"] = R
+_spec.loader.exec_module(R)
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+native, argsmod, rng = R.load_modules()
+LIB = native.load("cuda")
+if LIB is None:
+    pytest.skip("libflash_attn_cuda.so is not built (python csrc_cuda/build.py)", allow_module_level=True)
+AttnArgs = argsmod.AttnArgs
+INFO = LIB.build_info
+BUCKETS = INFO["head_dims"]
+DEV = "cuda"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+BUILT_DTYPES = [DTYPES[t] for t in INFO["dtypes"]]
+
+
+def _bucket(d: int):
+    return next((b for b in BUCKETS if d <= b), None)
+
+
+def _need(d: int, dtype=None, bwd=False):
+    if _bucket(d) is None:
+        pytest.skip(f"head_dim {d}: no compiled bucket (built {BUCKETS})")
+    if dtype is not None and dtype not in BUILT_DTYPES:
+        pytest.skip(f"{dtype} not compiled")
+    if bwd and "bwd" not in INFO["directions"]:
+        pytest.skip("backward not compiled")
+
+
+def _log(record: dict) -> None:
+    path = os.environ.get("FA_TEST_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def check(name, ours, truth, base, factor, case=""):
+    err, berr = R.max_err(ours, truth), R.max_err(base, truth)
+    _log({"case": case, "what": name, "err": err, "baseline": berr, "ratio": err / max(berr, 1e-12)})
+    assert err <= factor * berr + 1e-5, f"{case} {name}: max err {err:.3e} > {factor} x baseline {berr:.3e}"
+
+
+def run_fwd(q, k, v, args, arch=0):
+    out = torch.empty_like(q)
+    if args.cu_seqlens_q is not None:
+        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=DEV)
+    else:
+        lse = torch.empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32, device=DEV)
+    LIB.forward(q, k, v, args, out, lse, arch=arch)
+    return out, lse
+
+
+def run_bwd(dout, q, k, v, out, lse, args, arch=0):
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    LIB.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=arch)
+    return dq, dk, dv
+
+
+def ref_kwargs(args: AttnArgs) -> dict:
+    return dict(scale=args.softmax_scale, window=(args.window_left, args.window_right), softcap=args.softcap,
+                alibi=args.alibi_slopes, dropout_p=args.dropout_p, seed=args.rng_seed, offset=args.rng_offset,
+                cu_q=args.cu_seqlens_q, cu_k=args.cu_seqlens_k, seqused_k=args.seqused_k, rng=rng)
+
+
+def compare(q, k, v, args: AttnArgs, backward=True, arch=0, case=""):
+    """Runs the library forward (and backward) and checks both against the oracle."""
+    out, lse = run_fwd(q, k, v, args, arch)
+    torch.cuda.synchronize()
+    leaves64 = [x.detach().double().requires_grad_(backward) for x in (q, k, v)]
+    leaves = [x.detach().clone().requires_grad_(backward) for x in (q, k, v)]
+    o64, l64 = R.attention(*leaves64, **ref_kwargs(args), dtype=torch.float64)
+    ob, lb = R.attention(*leaves, **ref_kwargs(args), dtype=q.dtype)
+    check("out", out, o64, ob, 2, case)
+    check("lse", lse, l64, lb, 2, case)
+    if not backward:
+        return out, lse
+    dout = torch.randn_like(q)
+    dq, dk, dv = run_bwd(dout, q, k, v, out, lse, args, arch)
+    torch.cuda.synchronize()
+    g64 = torch.autograd.grad(o64, leaves64, dout.double())
+    gb = torch.autograd.grad(ob, leaves, dout)
+    for name, ours, t, b in zip(("dq", "dk", "dv"), (dq, dk, dv), g64, gb):
+        check(name, ours, t, b, 3, case)
+    return out, lse
+
+
+def rand(*shape, dtype=torch.bfloat16, scale=1.0):
+    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
+
+
+def qkv(b, sq, sk, h, hk, d, dtype):
+    return rand(b, sq, h, d, dtype=dtype), rand(b, sk, hk, d, dtype=dtype), rand(b, sk, hk, d, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+SHAPES = [(1, 1), (1, 77), (113, 203), (203, 113), (256, 256), (517, 300)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sq,sk", SHAPES)
+@pytest.mark.parametrize("d", [32, 40, 59, 64, 96, 111, 128, 160, 192, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_shapes(dtype, d, sq, sk, causal):
+    _need(d, dtype, bwd=True)
+    q, k, v = qkv(2, sq, sk, 3, 3, d, dtype)
+    args = AttnArgs(softmax_scale=d ** -0.5, window_right=0 if causal else -1)
+    compare(q, k, v, args, case=f"{dtype} d{d} {sq}x{sk} causal={causal}")
+
+
+FEATURES = {
+    "window_5_3": dict(window_left=5, window_right=3),
+    "window_right_only": dict(window_left=-1, window_right=7),
+    "window_left_only": dict(window_left=20, window_right=-1),
+    "window_0_0": dict(window_left=0, window_right=0),
+    "softcap": dict(softcap=3.0),
+    "dropout": dict(dropout_p=0.17, rng_seed=0x1234_5678_9ABC, rng_offset=7),
+    "causal_dropout_softcap": dict(window_right=0, dropout_p=0.3, rng_seed=99, softcap=5.0),
+}
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_features(dtype, d, feature):
+    _need(d, dtype, bwd=True)
+    kw = dict(FEATURES[feature])
+    q, k, v = qkv(2, 173, 250, 4, 4, d, dtype)
+    scale = d ** -0.5 * (4.0 if "softcap" in kw else 1.0)  # larger scores, so tanh bends them
+    compare(q, k, v, AttnArgs(softmax_scale=scale, **kw), case=f"{feature} {dtype} d{d}")
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_alibi(per_batch, causal):
+    _need(128, bwd=True)
+    b, h = 2, 4
+    q, k, v = qkv(b, 150, 190, h, h, 128, torch.bfloat16)
+    slopes = torch.rand(b, h, device=DEV) if per_batch else torch.rand(h, device=DEV)
+    args = AttnArgs(softmax_scale=128 ** -0.5, alibi_slopes=slopes, window_right=0 if causal else -1)
+    compare(q, k, v, args, case=f"alibi per_batch={per_batch} causal={causal}")
+
+
+@pytest.mark.parametrize("hk", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa(hk, causal):
+    _need(64, bwd=True)
+    q, k, v = qkv(2, 130, 210, 6, hk, 64, torch.float16)
+    compare(q, k, v, AttnArgs(softmax_scale=0.125, window_right=0 if causal else -1), case=f"gqa hk={hk}")
+
+
+def _varlen(lens_q, lens_k, h, hk, d, dtype):
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32, device=DEV)
+    q = rand(int(cu_q[-1]), h, d, dtype=dtype)
+    k, v = rand(int(cu_k[-1]), hk, d, dtype=dtype), rand(int(cu_k[-1]), hk, d, dtype=dtype)
+    return q, k, v, cu_q, cu_k
+
+
+@pytest.mark.parametrize("extra", ["plain", "causal", "all"])
+def test_varlen(extra):
+    _need(128, bwd=True)
+    lens_q, lens_k = [17, 1, 130, 64, 300], [40, 9, 130, 1, 257]
+    q, k, v, cu_q, cu_k = _varlen(lens_q, lens_k, 4, 2, 128, torch.bfloat16)
+    kw = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k))
+    if extra != "plain":
+        kw["window_right"] = 0
+    if extra == "all":
+        kw.update(window_left=50, dropout_p=0.1, rng_seed=5, softcap=4.0,
+                  alibi_slopes=torch.rand(len(lens_q), 4, device=DEV))
+    compare(q, k, v, AttnArgs(softmax_scale=128 ** -0.5 * (3 if extra == "all" else 1), **kw), case=f"varlen {extra}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_seqused_k(causal):
+    _need(64, bwd=True)
+    q, k, v = qkv(3, 33, 200, 4, 4, 64, torch.bfloat16)
+    used = torch.tensor([50, 200, 1], dtype=torch.int32, device=DEV)
+    args = AttnArgs(softmax_scale=0.125, seqused_k=used, window_right=0 if causal else -1)
+    compare(q, k, v, args, case=f"seqused_k causal={causal}")
+
+
+def test_fully_masked_rows():
+    """Rows that see no key output exactly 0, lse = +inf, and get zero gradients."""
+    _need(64, bwd=True)
+    q, k, v = qkv(2, 50, 10, 2, 2, 64, torch.float16)
+    args = AttnArgs(softmax_scale=0.125, window_right=0)  # row i sees keys j <= i - 40
+    out, lse = compare(q, k, v, args, case="fully masked")
+    assert torch.equal(out[:, :40], torch.zeros_like(out[:, :40]))
+    assert bool(torch.isinf(lse[:, :, :40]).all()) and bool((lse[:, :, :40] > 0).all())
+    dq, _, _ = run_bwd(torch.randn_like(q), q, k, v, out, lse, args)
+    assert torch.equal(dq[:, :40], torch.zeros_like(dq[:, :40]))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_dropout_mask_is_bit_exact(d):
+    """With q = 0 every visible key gets probability 1/sk; one-hot values then make the output
+    (forward) and dV (backward) spell out the keep mask, which must equal rng.keep_mask exactly."""
+    _need(d, bwd=True)
+    b, h, sq, sk, p = 2, 3, 60, d, 0.5
+    seed, offset = 0xDEADBEEF_0BADF00D, 0x1_0000_0003
+    q = torch.zeros(b, sq, h, d, dtype=torch.bfloat16, device=DEV)
+    k = rand(b, sk, h, d)
+    v = torch.eye(sk, d, device=DEV).to(torch.bfloat16).view(1, sk, 1, d).expand(b, sk, h, d).contiguous()
+    args = AttnArgs(softmax_scale=1.0, dropout_p=p, rng_seed=seed, rng_offset=offset)
+    out, lse = run_fwd(q, k, v, args)
+    bh = torch.arange(b * h, device=DEV)
+    keep = rng.keep_mask(seed, offset, bh, torch.arange(sq, device=DEV), torch.arange(sk, device=DEV), p)
+    keep = keep.view(b, h, sq, sk)
+    fwd_mask = out.permute(0, 2, 1, 3)[..., :sk] > 0
+    assert torch.equal(fwd_mask, keep), f"forward mask differs in {(fwd_mask != keep).sum().item()} places"
+    dout = torch.eye(sq, d, device=DEV).to(torch.bfloat16).view(1, sq, 1, d).expand(b, sq, h, d).contiguous()
+    _, _, dv = run_bwd(dout, q, k, v, out, lse, args)
+    bwd_mask = dv.permute(0, 2, 3, 1)[:, :, :sq, :] > 0  # dv[b, j, h, i] = keep[b, h, i, j] / (sk (1-p))
+    assert torch.equal(bwd_mask, keep), "backward regenerates a different mask"
+
+
+def test_deterministic_is_bitwise_reproducible():
+    _need(128, bwd=True)
+    q, k, v = qkv(2, 1031, 1031, 4, 2, 128, torch.bfloat16)
+    args = AttnArgs(softmax_scale=128 ** -0.5, window_right=0, deterministic=True)
+    out, lse = compare(q, k, v, args, case="deterministic")
+    dout = torch.randn_like(q)
+    first = run_bwd(dout, q, k, v, out, lse, args)
+    for _ in range(3):
+        again = run_bwd(dout, q, k, v, out, lse, args)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", [80, 86, 90])
+@pytest.mark.parametrize("d", [96, 192, 256])
+def test_arch_rows(arch, d):
+    """fa_problem.arch picks the tile table row: each row's tiles run (on a newer device)."""
+    _need(d, bwd=True)
+    major, minor = torch.cuda.get_device_capability()
+    if arch > major * 10 + minor:
+        pytest.skip("device older than the row")
+    q, k, v = qkv(2, 300, 333, 2, 2, d, torch.float16)
+    compare(q, k, v, AttnArgs(softmax_scale=d ** -0.5, window_right=0), arch=arch, case=f"arch {arch} d{d}")
+
+
+def test_rtz():
+    _need(128, bwd=True)
+    q, k, v = qkv(2, 200, 200, 4, 4, 128, torch.bfloat16)
+    rne, _ = run_fwd(q, k, v, AttnArgs(softmax_scale=128 ** -0.5))
+    rtz, _ = compare(q, k, v, AttnArgs(softmax_scale=128 ** -0.5, rtz=True), case="rtz")
+    assert not torch.equal(rne, rtz)
+    assert rtz.float().abs().mean() < rne.float().abs().mean()  # truncation shrinks magnitudes
+
+
+def test_unaligned_strides_are_handled():
+    _need(64, bwd=True)
+    big = rand(2, 100, 3, 72, dtype=torch.float16)
+    q = big[..., 1:65]  # pointer off by 2 bytes: the binding copies it
+    k, v = rand(2, 90, 3, 64, dtype=torch.float16), rand(2, 90, 3, 64, dtype=torch.float16)
+    compare(q, k, v, AttnArgs(softmax_scale=0.125), case="unaligned")
+
+
+def test_unsupported_feature_raises():
+    _need(64)
+    q, k, v = qkv(1, 16, 16, 1, 1, 64, torch.float16)
+    bt = torch.zeros(1, 1, dtype=torch.int32, device=DEV)
+    with pytest.raises(RuntimeError, match="block_table"):
+        run_fwd(q, k, v, AttnArgs(softmax_scale=0.125, block_table=bt))
+
+
+def test_build_info():
+    assert INFO["backend"] == "cuda"
+    assert set(INFO["directions"]) <= {"fwd", "bwd"} and INFO["directions"]
+    assert all(d in (32, 64, 96, 128, 192, 256) for d in BUCKETS)
+    assert not {"paged_kv", "leftpad", "kv_batch_idx", "split_kv"} & set(INFO["features"])

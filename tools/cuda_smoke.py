@@ -1,0 +1,59 @@
+"""A few tiny calls through every kernel of the native CUDA library, for compute-sanitizer:
+    compute-sanitizer --tool memcheck python tools/cuda_smoke.py
+Prints the max |difference| against the float64 oracle per call; the tests judge accuracy."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "backends"))
+import _cuda_ref as R  # noqa: E402
+
+native, argsmod, rng = R.load_modules()
+lib = native.load("cuda")
+A = argsmod.AttnArgs
+dev = "cuda"
+
+
+def one(name, b, sq, sk, h, hk, d, varlen=False, **kw):
+    torch.manual_seed(0)
+    dt = torch.bfloat16
+    if varlen:
+        lens = [sq, max(1, sq // 3)]
+        cu = torch.tensor([0, lens[0], lens[0] + lens[1]], dtype=torch.int32, device=dev)
+        q = torch.randn(int(cu[-1]), h, d, device=dev).to(dt)
+        k = torch.randn(int(cu[-1]), hk, d, device=dev).to(dt)
+        v = torch.randn_like(k)
+        kw.update(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens), max_seqlen_k=max(lens))
+        lse = torch.empty(h, q.shape[0], device=dev)
+    else:
+        q = torch.randn(b, sq, h, d, device=dev).to(dt)
+        k = torch.randn(b, sk, hk, d, device=dev).to(dt)
+        v = torch.randn_like(k)
+        lse = torch.empty(b, h, sq, device=dev)
+    args = A(softmax_scale=d ** -0.5, **kw)
+    out = torch.empty_like(q)
+    lib.forward(q, k, v, args, out, lse)
+    dout = torch.randn_like(q)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    lib.backward(dout, q, k, v, out, lse, args, dq, dk, dv)
+    torch.cuda.synchronize()
+    ref, _ = R.attention(q.double(), k.double(), v.double(), scale=args.softmax_scale,
+                         window=(args.window_left, args.window_right), softcap=args.softcap,
+                         dropout_p=args.dropout_p, seed=args.rng_seed, cu_q=args.cu_seqlens_q,
+                         cu_k=args.cu_seqlens_k, rng=rng)
+    print(f"{name:28s} max|out - fp64| = {R.max_err(out, ref):.2e}", flush=True)
+
+
+def main():
+    for d in lib.build_info["head_dims"]:
+        one(f"d{d} causal gqa", 2, 77, 91, 4, 2, d, window_right=0)
+    d = lib.build_info["head_dims"][0]
+    one(f"d{d} varlen dropout det", 2, 70, 70, 2, 2, d, varlen=True, dropout_p=0.2, deterministic=True)
+    one(f"d{d} window softcap", 1, 130, 64, 2, 1, d, window_left=9, window_right=4, softcap=2.0)
+
+
+if __name__ == "__main__":
+    main()
