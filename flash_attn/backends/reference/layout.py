@@ -39,7 +39,9 @@ def _kv_rows(k: torch.Tensor, args: AttnArgs, batch: int) -> tuple[torch.Tensor,
         bt = args.block_table.long()
         page = k.shape[1]
         cap = bt.shape[1] * page
-        pos = torch.arange(cap, device=dev)[None, :]
+        # (batch, cap), not (1, cap): gather's output takes the index's shape, so a broadcast row
+        # would read every sequence through the first sequence's block table.
+        pos = torch.arange(cap, device=dev)[None, :].expand(bt.shape[0], cap)
         if args.leftpad_k is not None:
             pos = pos + args.leftpad_k.long()[:, None]
         pos = pos.clamp(max=cap - 1)
