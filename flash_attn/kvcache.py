@@ -55,6 +55,22 @@ def _check(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_left
                f"got {cache_seqlens!r}.")
 
 
+def _check_rotary(cos, sin, k, capacity: int) -> None:
+    if cos is None and sin is None:
+        return
+    if cos is None or sin is None:
+        V.fail("pass both rotary_cos and rotary_sin, or neither.")
+    if k is None:
+        V.fail("rotary_cos/rotary_sin rotate the new keys (and q) at their cache positions: "
+               "pass k and v too (as FlashAttention-2 requires), or rotate q yourself.")
+    if cos.shape != sin.shape or cos.dim() != 2:
+        V.fail(f"rotary_cos and rotary_sin must both have shape (seqlen_ro, rotary_dim / 2), got "
+               f"{tuple(cos.shape)} and {tuple(sin.shape)}.")
+    if cos.shape[0] < capacity:
+        V.fail(f"rotary_cos has {cos.shape[0]} rows but the cache holds {capacity} positions; "
+               f"seqlen_ro must be at least the cache's seqlen.")
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens: Optional[Union[int, torch.Tensor]] = None,
                             cache_batch_idx: Optional[torch.Tensor] = None,
@@ -70,6 +86,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     _check(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     batch, s_new = q.shape[0], 0 if k is None else k.shape[1]
     capacity = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
+    _check_rotary(rotary_cos, rotary_sin, k, capacity)
     if cache_seqlens is None:
         cache_seqlens = capacity - s_new
     if isinstance(cache_seqlens, int):
