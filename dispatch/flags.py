@@ -55,7 +55,7 @@ def _parse(det: str, rtz: str, perf: str, backend: str, arch: str) -> Flags:
     strict = backend.startswith("only:")
     name = backend[len("only:"):] if strict else backend
     name = name.strip() or None
-    if name is not None and name not in BACKENDS:
+    if (name is not None or strict) and name not in BACKENDS:
         raise ValueError(f"{BACKEND}={backend!r} names no backend; use one of {', '.join(BACKENDS)}, "
                          f"optionally as only:NAME to forbid fall-backs (or unset it)")
     arch = arch.strip().lower() or None
