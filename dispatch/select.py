@@ -77,7 +77,7 @@ def _library_reasons(cap: Capability, req: Request) -> list:
     if not any(req.head_dim <= d for d in dims):
         reasons.append(f"head_dim {req.head_dim} not compiled (built head dims: {dims}; set "
                        f"FLASH_ATTENTION_HEAD_DIMS at build time)")
-    short = {"float16": "fp16", "bfloat16": "bf16"}[req.dtype]
+    short = {"float16": "fp16", "bfloat16": "bf16"}.get(req.dtype, req.dtype)
     if short not in info.get("dtypes", []):
         reasons.append(f"dtype {req.dtype} not compiled (built: {info.get('dtypes')})")
     if req.direction not in info.get("directions", []):
