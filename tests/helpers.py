@@ -73,3 +73,72 @@ def assert_close_rule(out, truth, baseline, factor=2.0, what="out"):
 
 def randn(*shape, dtype, device="cpu", requires_grad=False):
     return torch.randn(*shape, dtype=dtype, device=device).requires_grad_(requires_grad)
+
+
+class Oracle:
+    """fp64 truth and input-dtype baseline of one attention call, and of its gradients.
+
+    The truth is computed on float64 copies of the inputs, so its gradients are float64 too
+    (gradients taken through a cast back to 16-bit leaves would be rounded)."""
+
+    def __init__(self, q, k, v, dout=None, **kw):
+        grad = dout is not None
+        leaves64 = [x.detach().double().requires_grad_(grad) for x in (q, k, v)]
+        leaves16 = [x.detach().clone().requires_grad_(grad) for x in (q, k, v)]
+        self.out, self.lse = attention_ref(*leaves64, **kw)
+        self.base, _ = attention_ref(*leaves16, **kw, dtype=q.dtype)
+        _, self.lse_base = attention_ref(*(x.detach() for x in leaves16), **kw, dtype=torch.float32)
+        self.grads = self.base_grads = None
+        if grad:
+            self.grads = torch.autograd.grad(self.out, leaves64, dout.double())
+            self.base_grads = torch.autograd.grad(self.base, leaves16, dout)
+
+    def check(self, out, grads=None, lse=None, what=""):
+        assert_close_rule(out, self.out, self.base, 2.0, f"{what}out")
+        if grads is not None:
+            for name, g, t, b in zip(("dq", "dk", "dv"), grads, self.grads, self.base_grads):
+                assert g.dtype == b.dtype, f"{name} has dtype {g.dtype}, not {b.dtype}"
+                assert_close_rule(g, t, b, 3.0, f"{what}{name}")
+        if lse is not None:
+            check_lse(lse, self.lse, self.lse_base)
+
+
+def check_lse(lse, truth, baseline):
+    """lse is fp32: +inf exactly where the reference's is (rows with no key), elsewhere within
+    2x the error of an fp32 baseline computed from the same 16-bit inputs (+1e-4 for the
+    different summation order of a tiled softmax)."""
+    assert lse.dtype == torch.float32, f"lse dtype {lse.dtype}"
+    assert lse.shape == truth.shape, f"lse shape {tuple(lse.shape)} != {tuple(truth.shape)}"
+    inf = torch.isinf(truth)
+    assert torch.equal(torch.isposinf(lse.cpu()), inf.cpu()), "lse is +inf exactly on rows with no key"
+    finite = ~inf
+    assert_close_rule(lse[finite], truth[finite], baseline[finite], 2.0, "lse")
+
+
+def random_padding_mask(batch: int, seqlen: int, device="cpu", min_len: int = 1):
+    """(batch, seqlen) bool, True = valid, valid tokens first; random lengths in [min_len, seqlen]
+    with one sequence of full length (so max_seqlen == seqlen)."""
+    lengths = torch.randint(min_len, seqlen + 1, (batch,), device=device)
+    lengths[torch.randint(0, batch, (1,)).item()] = seqlen
+    return torch.arange(seqlen, device=device)[None, :] < lengths[:, None]
+
+
+def _finite_values(dtype: torch.dtype) -> torch.Tensor:
+    """Every non-negative finite value of a 16-bit float dtype, ascending, as float64."""
+    bits = torch.arange(0, 0x8000, dtype=torch.int32).to(torch.int16)
+    vals = bits.view(dtype).double()
+    return vals[torch.isfinite(vals)].sort().values
+
+
+def round_toward_zero(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Oracle for RTZ conversion, by search over all values of dtype (independent of bit tricks):
+    the representable value of largest magnitude not above |x|, with x's sign; NaN stays NaN,
+    +-inf stays +-inf, finite values beyond the range give the largest finite value."""
+    table = _finite_values(dtype).to(x.device)
+    xd = x.double()
+    mag = xd.abs()
+    idx = torch.searchsorted(table, mag.nan_to_num(0.0, posinf=0.0).contiguous(), right=True) - 1
+    out = table[idx.clamp(min=0)] * torch.where(torch.signbit(xd), -1.0, 1.0)
+    out = torch.where(torch.isinf(xd), xd, out)
+    out = torch.where(torch.isnan(xd), xd, out)
+    return out.to(dtype)
