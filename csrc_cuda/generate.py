@@ -22,10 +22,11 @@ HEAD_DIMS = (32, 64, 96, 128, 192, 256)
 DTYPES = {"fp16": ("cute::half_t", "FA_DTYPE_FP16"), "bf16": ("cute::bfloat16_t", "FA_DTYPE_BF16")}
 DIRECTIONS = ("fwd", "bwd")
 
-# What the kernels implement, read by the dispatcher. Not implemented (the ABI glue answers
+# What the kernels implement, read by the dispatcher. "performance" is accepted and changes
+# nothing (there is no lower-precision path). Not implemented (the ABI glue answers
 # FA_ERR_UNSUPPORTED): paged KV (block_table), leftpad_k, kv_batch_idx, split-KV.
 FEATURES = ("causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa", "seqused_k", "rtz",
-            "deterministic")
+            "deterministic", "performance")
 
 # What a call must satisfy; native.py pads or copies tensors that do not.
 REQUIRES = {"head_dim_multiple": 8, "stride_multiple": 8, "ptr_align": 16, "min_arch": 80}

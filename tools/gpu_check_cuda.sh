@@ -10,9 +10,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/dev
 python -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/device.txt"
 
 echo "== pytest"
-FA_TEST_LOG="$OUT/accuracy.jsonl" timeout 300 python -m pytest -q -x -p no:cacheprovider \
+FA_TEST_LOG="$OUT/accuracy.jsonl" timeout 300 python -m pytest -q -rf --maxfail=40 -p no:cacheprovider \
   tests/backends/test_native_cuda.py > "$OUT/pytest.log" 2>&1
-echo "pytest exit $?"; tail -n 15 "$OUT/pytest.log"
+echo "pytest exit $?"; grep -E "^FAILED|passed|failed" "$OUT/pytest.log" | cut -c1-300 | tail -n 45
 if [ -f "$OUT/accuracy.jsonl" ]; then
   python - "$OUT/accuracy.jsonl" <<'PY'
 import json, sys, collections
