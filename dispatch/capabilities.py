@@ -43,6 +43,11 @@ class Capability:
     features: frozenset[str]
     library: Optional[str]  # native library name ("cuda" -> libflash_attn_cuda.so), None = Python
     note: str = ""
+    # Pairs of features the backend has separately but not together, each with the reason.
+    conflicts: tuple[tuple[frozenset, str], ...] = ()
+    # Whose dropout mask the backend draws. A backward must regenerate the forward's mask, so
+    # it can only run where the forward's generator is (select.Request.dropout_rng).
+    dropout_rng: str = "philox4x32-10"
 
 
 _ALL = frozenset(FEATURES)
@@ -53,19 +58,33 @@ _KERNEL_BWD = frozenset({"causal", "window", "alibi", "softcap", "dropout", "var
                          "deterministic", "rtz", "performance"})
 _HALF = ("float16", "bfloat16")
 
+# ck_tile at the pinned commit (docs/rocm_backend.md): no softcap, no leftpad_k; pages, a cache
+# row index and per-sequence key counts without varlen only in its batch-mode split-KV kernel.
+_ROCM_FWD = _KERNEL_FWD - {"softcap", "leftpad"}
+_ROCM_BWD = _KERNEL_BWD - {"softcap"}
+_ROCM_SPLIT_ONLY = "ck_tile reads them only in its batch-mode split-KV kernel, which has no"
+_ROCM_CONFLICTS = tuple(
+    (frozenset({cache, other}), f"{cache} with {other}: {_ROCM_SPLIT_ONLY} {other}")
+    for cache in ("paged_kv", "kv_batch_idx") for other in ("varlen", "dropout"))
+# ck_tile's Philox (7 rounds, its own counter layout): masks match no other backend's.
+ROCM_DROPOUT_RNG = "ck_tile-philox4x32-7"
+
 TABLE = (
     Capability("cuda_sm80", "fwd", "cuda", None, 80, _HALF, 256, _KERNEL_FWD, "cuda",
                "CuTe FA2-class kernels for sm80/86/89; also the sm90 path until Hopper kernels land"),
     Capability("cuda_sm80", "bwd", "cuda", None, 80, _HALF, 256, _KERNEL_BWD, "cuda"),
-    Capability("rocm_ck", "fwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _KERNEL_FWD, "rocm",
-               "Composable Kernel ck_tile FMHA"),
-    Capability("rocm_ck", "bwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _KERNEL_BWD, "rocm"),
+    Capability("rocm_ck", "fwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _ROCM_FWD, "rocm",
+               "Composable Kernel ck_tile FMHA", _ROCM_CONFLICTS, ROCM_DROPOUT_RNG),
+    Capability("rocm_ck", "bwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _ROCM_BWD, "rocm",
+               dropout_rng=ROCM_DROPOUT_RNG),
     Capability("reference", "fwd", "any", None, 0, _HALF, 256, _ALL, None,
                "PyTorch, memory-linear, every feature; slow on GPUs"),
     Capability("reference", "bwd", "any", None, 0, _HALF, 256, _ALL, None),
 )
 
 BACKENDS = tuple(dict.fromkeys(c.backend for c in TABLE))
+# Dropout generators by index: the forward op records its backend's in the RNG state it returns.
+DROPOUT_RNGS = tuple(dict.fromkeys(c.dropout_rng for c in TABLE))
 
 # Per-platform order of preference; the first backend with no reasons against it is chosen.
 PRIORITY = {

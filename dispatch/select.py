@@ -23,6 +23,7 @@ class Request:
     head_dim: int
     features: frozenset
     layout_problems: tuple = ()  # from code checks: strides/alignment a native kernel can't take
+    dropout_rng: str = ""  # backward with dropout: the generator that drew the forward's mask
 
 
 @dataclass
@@ -62,10 +63,16 @@ def _table_reasons(cap: Capability, req: Request, target: Target) -> list:
         reasons.append(f"head_dim {req.head_dim} exceeds {cap.max_head_dim}")
     for feat in sorted(req.features - cap.features):
         reasons.append(f"does not implement {feat}")
+    for pair, why in cap.conflicts:
+        if pair <= req.features:
+            reasons.append(f"does not implement {why}")
+    if "dropout" in req.features and req.dropout_rng and req.dropout_rng != cap.dropout_rng:
+        reasons.append(f"the forward's dropout mask came from {req.dropout_rng}, this backend "
+                       f"draws {cap.dropout_rng}: the backward could not regenerate it")
     return reasons
 
 
-def _library_reasons(cap: Capability, req: Request) -> list:
+def _library_reasons(cap: Capability, req: Request, target: Target) -> list:
     if cap.library is None:
         return []
     info = library_info(cap.library)
@@ -73,16 +80,30 @@ def _library_reasons(cap: Capability, req: Request) -> list:
         return [f"native library libflash_attn_{cap.library}.so is not installed (built with "
                 f"FLASH_ATTENTION_SKIP_{cap.library.upper()}_BUILD=1, or no compiler at install)"]
     reasons = []
+    # AMD code objects run only on the gfx they were compiled for (CUDA's sm80 code runs on later
+    # archs, so its library lists no such restriction here). An arch the table already refused
+    # needs no second reason.
+    table_ok = cap.archs is None or target.arch in cap.archs
+    if target.kind == "rocm" and table_ok and target.arch not in info.get("archs", [target.arch]):
+        reasons.append(f"arch {target.arch} not compiled (built: {info['archs']}; set "
+                       f"FLASH_ATTENTION_ROCM_ARCHS at build time)")
     dims = info.get("head_dims", [])
-    if not any(req.head_dim <= d for d in dims):
-        reasons.append(f"head_dim {req.head_dim} not compiled (built head dims: {dims}; set "
+    if info.get("head_dims_exact"):  # no padded instances: only the buckets themselves
+        served = -(-req.head_dim // 8) * 8 in dims  # the binding pads head dims to 8
+    else:
+        served = any(req.head_dim <= d for d in dims)
+    if not served:
+        reasons.append(f"head_dim {req.head_dim} not compiled (built head dims: {dims}"
+                       f"{' exactly' if info.get('head_dims_exact') else ''}; set "
                        f"FLASH_ATTENTION_HEAD_DIMS at build time)")
     short = {"float16": "fp16", "bfloat16": "bf16"}.get(req.dtype, req.dtype)
     if short not in info.get("dtypes", []):
         reasons.append(f"dtype {req.dtype} not compiled (built: {info.get('dtypes')})")
     if req.direction not in info.get("directions", []):
         reasons.append(f"direction {req.direction} not compiled")
-    built = set(info.get("features", []))
+    # Per-direction lists where the library gives them (a feature of one direction only, e.g.
+    # a backward built without "deterministic", must not be read off the forward's list).
+    built = set(info.get(f"features_{req.direction}", info.get("features", [])))
     for feat in sorted((req.features & cap.features) - built):
         reasons.append(f"{feat} not implemented by the built library")
     return reasons
@@ -93,7 +114,7 @@ def reasons_against(backend: str, req: Request, target: Target) -> list:
     reasons = _table_reasons(cap, req, target)
     if reasons and reasons[0].startswith("runs on"):
         return reasons
-    reasons += _library_reasons(cap, req)
+    reasons += _library_reasons(cap, req, target)
     if cap.library is not None:
         reasons += list(req.layout_problems)
     return reasons

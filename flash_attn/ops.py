@@ -22,7 +22,7 @@ def _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropo
           cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k=None, leftpad_k=None,
           kv_batch_idx=None, block_table=None, num_splits=0, deterministic=False) -> AttnArgs:
     flags = flagmod.read()
-    seed, offset = (int(x) for x in rng_state.tolist()) if rng_state is not None else (0, 0)
+    seed, offset = (int(x) for x in rng_state[:2].tolist()) if rng_state is not None else (0, 0)
     return AttnArgs(
         softmax_scale=softmax_scale, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p, rng_seed=seed,
@@ -55,9 +55,9 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
         window_right: int, softcap: float, dropout_p: float, return_probs: bool,
         num_splits: int, deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # deterministic is unused here; it is an input so that the backward can see it.
-    rng_state = torch.zeros(2, dtype=torch.int64)
+    rng_state = torch.zeros(3, dtype=torch.int64)
     if dropout_p > 0:
-        rng_state = torch.randint(0, 2**62, (2,), dtype=torch.int64)
+        rng_state[:2] = torch.randint(0, 2**62, (2,), dtype=torch.int64)
     args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
                         rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         seqused_k, leftpad_k, kv_batch_idx, block_table, num_splits)
@@ -69,6 +69,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
                             dtype=q.dtype, device=q.device)
     req = registry.request("fwd", q, k, args, return_probs, v=v)
     impl, choice = registry.choose(req, q.device, flags)
+    rng_state[2] = registry.dropout_rng_index(choice)
     impl.forward(q, k, v, args, out, lse, probs, arch=choice.target.sm)
     return out, lse, rng_state, probs if probs is not None else q.new_empty(0)
 
@@ -80,7 +81,7 @@ def _(q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, k
     lse = q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
     probs = (q.new_empty(_probs_shape(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, block_table))
              if return_probs else q.new_empty(0))
-    return torch.empty_like(q), lse, torch.empty(2, dtype=torch.int64), probs
+    return torch.empty_like(q), lse, torch.empty(3, dtype=torch.int64), probs
 
 
 @torch.library.custom_op("flash_attn::bwd", mutates_args=())
@@ -94,7 +95,8 @@ def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                         deterministic=deterministic)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    req = registry.request("bwd", q, k, args, v=v, out=out, dout=dout)
+    rng = registry.dropout_rng_name(int(rng_state[2])) if dropout_p > 0 else ""
+    req = registry.request("bwd", q, k, args, dropout_rng=rng, v=v, out=out, dout=dout)
     impl, choice = registry.choose(req, q.device, flags)
     impl.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=choice.target.sm)
     return dq, dk, dv

@@ -114,11 +114,23 @@ def _layout_problems(tensors: dict) -> tuple:
     return tuple(problems)
 
 
-def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, **tensors) -> dispatch.Request:
+def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, dropout_rng: str = "",
+            **tensors) -> dispatch.Request:
     dtype = str(q.dtype).replace("torch.", "")
     return dispatch.Request(direction, dtype, q.shape[-1],
                             features(args, q.shape[-2], k.shape[-2], direction, return_probs),
-                            _layout_problems({"q": q, "k": k, **tensors}))
+                            _layout_problems({"q": q, "k": k, **tensors}), dropout_rng)
+
+
+def dropout_rng_index(choice: dispatch.Choice) -> int:
+    """Which dropout generator the chosen forward backend draws masks with (an index that fits
+    the forward's int64 RNG state tensor; dropout_rng_name maps it back for the backward)."""
+    rng = dispatch.capabilities.rows(choice.backend, "fwd").dropout_rng
+    return dispatch.capabilities.DROPOUT_RNGS.index(rng)
+
+
+def dropout_rng_name(index: int) -> str:
+    return dispatch.capabilities.DROPOUT_RNGS[index]
 
 
 @functools.lru_cache(maxsize=1024)
