@@ -10,8 +10,8 @@ Environment (each also a build() argument, which wins):
     FLASH_ATTENTION_DTYPES       "fp16,bf16"
     FLASH_ATTENTION_DIRECTIONS   "fwd,bwd"
     FLASH_ATTENTION_ROCM_SKIP_FEATURES  instance features not to compile, e.g. "rtz,deterministic"
-                                 (names: generate.SKIPPABLE; default generate.DEFAULT_SKIP, "none"
-                                 compiles every instance); calls needing them run elsewhere
+                                 (names: generate.SKIPPABLE; unset or empty: generate.DEFAULT_SKIP;
+                                 "none" compiles every instance); calls needing them run elsewhere
     MAX_JOBS                     parallel compiles (default: cores, at most one per 3 GiB of RAM)
     CK_DIR                       Composable Kernel checkout or include dir (else $ROCM_PATH/include)
     ROCM_PATH                    default /opt/rocm
@@ -206,9 +206,9 @@ def resolve(archs: Optional[Iterable[str]] = None, head_dims: Optional[Iterable[
                  or _split(DEFAULT_ARCHS))
     if head_dims is None and _split(env.get("FLASH_ATTENTION_HEAD_DIMS")):
         head_dims = [int(d) for d in _split(env["FLASH_ATTENTION_HEAD_DIMS"])]
-    if skip_features is None:
-        raw = env.get("FLASH_ATTENTION_ROCM_SKIP_FEATURES")
-        skip_features = generate.DEFAULT_SKIP if raw is None else _split(raw) or ()
+    if skip_features is None:  # unset or empty: the default; "none": compile everything
+        skip_features = (_split(env.get("FLASH_ATTENTION_ROCM_SKIP_FEATURES"))
+                         or generate.DEFAULT_SKIP)
     skip_features = [f for f in skip_features if f != "none"]
     options = Options(
         archs=list(archs), head_dims=list(head_dims) if head_dims is not None else None,
@@ -269,7 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--head-dims", help="e.g. 64,128")
     ap.add_argument("--dtypes", help="fp16,bf16")
     ap.add_argument("--directions", help="fwd,bwd")
-    ap.add_argument("--skip-features", help=f"any of {','.join(generate.SKIPPABLE)}, or none")
+    ap.add_argument("--skip-features", help=f"any of {','.join(generate.SKIPPABLE)}, or none "
+                    f"(default: {','.join(generate.DEFAULT_SKIP)})")
     ap.add_argument("--instances", help="instance names, e.g. fwd_d128_bf16 (overrides the above)")
     ap.add_argument("-j", "--jobs", type=int)
     ap.add_argument("--ck-dir")
@@ -280,8 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     head_dims=[int(d) for d in _split(args.head_dims) or []] or None,
                     dtypes=_split(args.dtypes), directions=_split(args.directions),
                     jobs=args.jobs, ck_dir=args.ck_dir,
-                    skip_features=None if args.skip_features is None
-                    else _split(args.skip_features) or ["none"],
+                    skip_features=_split(args.skip_features),
                     names=_split(args.instances))
     except (BuildError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

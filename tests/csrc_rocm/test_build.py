@@ -27,9 +27,10 @@ def test_rocm_fork_arch_variable(build):
     assert build.resolve(env={"GPU_ARCHS": "gfx90a;gfx942"}).archs == ["gfx90a", "gfx942"]
 
 
-@pytest.mark.parametrize("raw", ["none", ""])
-def test_skip_nothing(build, raw):
-    assert build.resolve(env={"FLASH_ATTENTION_ROCM_SKIP_FEATURES": raw}).skip_features == []
+def test_skip_nothing_or_the_default(build, generate):
+    assert build.resolve(env={"FLASH_ATTENTION_ROCM_SKIP_FEATURES": "none"}).skip_features == []
+    empty = build.resolve(env={"FLASH_ATTENTION_ROCM_SKIP_FEATURES": " "})
+    assert empty.skip_features == list(generate.DEFAULT_SKIP)
 
 
 def test_arguments_win(build):
