@@ -32,7 +32,7 @@ cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   if (p.seqlen_q > 0) { bwd_dsum_kernel<Element><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
 
   auto kernel = &bwd_kernel<T>;
-  if ((err = allow_smem(kernel, T::kSmemBytes)) != cudaSuccess) { return err; }
+  if ((err = allow_smem<&bwd_kernel<T>>(T::kSmemBytes)) != cudaSuccess) { return err; }
   const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
   if (p.seqlen_k > 0) { kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p); }
 

@@ -17,7 +17,7 @@ cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
   static_assert(T::kSmemBytes == int(fwd_tile(ArchRow::kSm80, T::kHeadDim).smem_bytes()) ||
                 T::kSmemBytes == int(fwd_tile(ArchRow::kSm86, T::kHeadDim).smem_bytes()));
   auto kernel = &fwd_kernel<T>;
-  cudaError_t err = allow_smem(kernel, T::kSmemBytes);
+  cudaError_t err = allow_smem<&fwd_kernel<T>>(T::kSmemBytes);
   if (err != cudaSuccess) { return err; }
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
