@@ -63,12 +63,12 @@ def max_err(a, b) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def assert_close_rule(out, truth, baseline, factor=2.0, what="out"):
+def assert_close_rule(out, truth, baseline, factor=2.0, what="out", floor=1e-5):
     err = max_err(out, truth)
     base = max_err(baseline, truth)
     assert not torch.isnan(out).any(), f"{what} has NaN"
-    assert err <= factor * base + 1e-5, (
-        f"{what}: max error {err:.3e} exceeds {factor} x baseline error {base:.3e} + 1e-5")
+    assert err <= factor * base + floor, (
+        f"{what}: max error {err:.3e} exceeds {factor} x baseline error {base:.3e} + {floor:.1e}")
 
 
 def randn(*shape, dtype, device="cpu", requires_grad=False):
@@ -96,9 +96,14 @@ class Oracle:
     def check(self, out, grads=None, lse=None, what=""):
         assert_close_rule(out, self.out, self.base, 2.0, f"{what}out")
         if grads is not None:
+            # The absolute floor scales with the largest true gradient: rounding noise in one
+            # gradient follows the magnitudes that flow through the whole backward, and a gradient
+            # whose truth is identically zero (dK with a single key: dS = P (dP - D) = 0) has no
+            # magnitude of its own, while the input-dtype baseline can hit that zero exactly.
+            floor = 1e-5 * max(1.0, max(t.abs().max().item() for t in self.grads if t.numel()))
             for name, g, t, b in zip(("dq", "dk", "dv"), grads, self.grads, self.base_grads):
                 assert g.dtype == b.dtype, f"{name} has dtype {g.dtype}, not {b.dtype}"
-                assert_close_rule(g, t, b, 3.0, f"{what}{name}")
+                assert_close_rule(g, t, b, 3.0, f"{what}{name}", floor)
         if lse is not None:
             check_lse(lse, self.lse, self.lse_base)
 

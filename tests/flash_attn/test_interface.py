@@ -421,15 +421,26 @@ def test_rtz_rounds_toward_zero(device, dtype, monkeypatch):
     monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_USE_RTZ", "1")
     rtz = _grads_once(q, k, v, dout, causal=True, deterministic=True)
     grads_rtz = flash_attn.ops.bwd(*bwd_args)
-    if _backends(q, k, v) == backends_rne:  # the same fp32 arithmetic under both roundings
-        for name, a, z in zip(("out", "dq", "dk", "dv"), (out_rne, *grads_rne), (rtz[0], *grads_rtz)):
-            _assert_rtz_of_same_value(a, z, name)
     oracle = Oracle(q, k, v, dout, causal=True)
     oracle.check(rtz[0], rtz[1:])
-    # against the fp64 truth: the RTZ output is its truncation, bar fp32 error
-    match_rtz = (rtz[0] == round_toward_zero(oracle.out, dtype)).double().mean().item()
-    match_rne = (out_rne == oracle.out.to(dtype)).double().mean().item()
-    assert match_rtz > 0.95 and match_rne > 0.95, (match_rtz, match_rne)
+    pairs = list(zip(("out", "dq", "dk", "dv"), (out_rne, *grads_rne), (rtz[0], *grads_rtz)))
+    if _backends(q, k, v) == backends_rne == ("reference", "reference"):
+        # P and dS stay fp32: the same fp32 arithmetic under both roundings, so each result is
+        # the RNE value or one ulp nearer zero, and matches the truncated fp64 truth.
+        for name, a, z in pairs:
+            _assert_rtz_of_same_value(a, z, name)
+        match_rtz = (rtz[0] == round_toward_zero(oracle.out, dtype)).double().mean().item()
+        match_rne = (out_rne == oracle.out.to(dtype)).double().mean().item()
+        assert match_rtz > 0.95 and match_rne > 0.95, (match_rtz, match_rne)
+    else:
+        # Tensor-core kernels feed 16-bit P and dS to their products, rounded toward zero too, so
+        # the fp32 values differ between the modes; what must show is the direction: of the
+        # values that changed, most moved toward zero.
+        for name, a, z in pairs:
+            moved = a != z
+            toward_zero = (z.abs() < a.abs()) & moved
+            frac = toward_zero.sum().item() / max(1, moved.sum().item())
+            assert moved.double().mean() > 0.2 and frac > 0.75, f"{name}: {frac:.2f} moved toward zero"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
