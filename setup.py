@@ -58,7 +58,7 @@ class BuildWithNative(build_py):
         lib_root = ROOT if getattr(self, "editable_mode", False) else self.build_lib
         out_lib = os.path.join(lib_root, "flash_attn", "_lib", f"libflash_attn_{target}.so")
         module = _load_build_module(target)
-        module.build_from_env(build_dir=os.path.join(ROOT, "build", f"native_{target}"), out_lib=out_lib)
+        module.build(build_dir=os.path.join(ROOT, "build", f"native_{target}"), out_lib=out_lib)
 
 
 # dispatch/ is installed as flash_attn.dispatch (the design card keeps it at the top level);

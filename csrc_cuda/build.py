@@ -2,7 +2,7 @@
 
     python csrc_cuda/build.py --out flash_attn/_lib/libflash_attn_cuda.so
 
-setup.py calls build(). Environment variables narrow what is compiled (lists split on ';' or ','):
+setup.py calls build(build_dir, out_lib). Environment variables narrow what is compiled (lists split on ';' or ','):
     FLASH_ATTENTION_CUDA_ARCHS  default "80;90": sm_80 and sm_90 code, plus compute_90 PTX for newer
     FLASH_ATTENTION_HEAD_DIMS   default all buckets of generate.HEAD_DIMS
     FLASH_ATTENTION_DTYPES      default "fp16;bf16"
