@@ -48,6 +48,8 @@ class Capability:
     # Whose dropout mask the backend draws. A backward must regenerate the forward's mask, so
     # it can only run where the forward's generator is (select.Request.dropout_rng).
     dropout_rng: str = "philox4x32-10"
+    # Paged KV: the page size (block_table's page_block_size) must be a multiple of this.
+    page_block_multiple: int = 1
 
 
 _ALL = frozenset(FEATURES)
@@ -68,13 +70,17 @@ _ROCM_CONFLICTS = tuple(
     for cache in ("paged_kv", "kv_batch_idx") for other in ("varlen", "dropout"))
 # ck_tile's Philox (7 rounds, its own counter layout): masks match no other backend's.
 ROCM_DROPOUT_RNG = "ck_tile-philox4x32-7"
+# ck_tile moves a K/V window to the next page only between key tiles (kPageBlockMultiple in
+# csrc_rocm/kernels/tile_table.hpp).
+ROCM_PAGE_BLOCK_MULTIPLE = 128
 
 TABLE = (
     Capability("cuda_sm80", "fwd", "cuda", None, 80, _HALF, 256, _KERNEL_FWD, "cuda",
                "CuTe FA2-class kernels for sm80/86/89; also the sm90 path until Hopper kernels land"),
     Capability("cuda_sm80", "bwd", "cuda", None, 80, _HALF, 256, _KERNEL_BWD, "cuda"),
     Capability("rocm_ck", "fwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _ROCM_FWD, "rocm",
-               "Composable Kernel ck_tile FMHA", _ROCM_CONFLICTS, ROCM_DROPOUT_RNG),
+               "Composable Kernel ck_tile FMHA", _ROCM_CONFLICTS, ROCM_DROPOUT_RNG,
+               ROCM_PAGE_BLOCK_MULTIPLE),
     Capability("rocm_ck", "bwd", "rocm", ("gfx90a", "gfx942"), 0, _HALF, 256, _ROCM_BWD, "rocm",
                dropout_rng=ROCM_DROPOUT_RNG),
     Capability("reference", "fwd", "any", None, 0, _HALF, 256, _ALL, None,

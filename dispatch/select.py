@@ -24,6 +24,7 @@ class Request:
     features: frozenset
     layout_problems: tuple = ()  # from code checks: strides/alignment a native kernel can't take
     dropout_rng: str = ""  # backward with dropout: the generator that drew the forward's mask
+    page_block_size: int = 0  # paged KV: tokens per page
 
 
 @dataclass
@@ -66,6 +67,9 @@ def _table_reasons(cap: Capability, req: Request, target: Target) -> list:
     for pair, why in cap.conflicts:
         if pair <= req.features:
             reasons.append(f"does not implement {why}")
+    if "paged_kv" in req.features and req.page_block_size % cap.page_block_multiple:
+        reasons.append(f"page_block_size {req.page_block_size} is not a multiple of "
+                       f"{cap.page_block_multiple}")
     if "dropout" in req.features and req.dropout_rng and req.dropout_rng != cap.dropout_rng:
         reasons.append(f"the forward's dropout mask came from {req.dropout_rng}, this backend "
                        f"draws {cap.dropout_rng}: the backward could not regenerate it")

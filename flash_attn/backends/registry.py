@@ -119,7 +119,8 @@ def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, dr
     dtype = str(q.dtype).replace("torch.", "")
     return dispatch.Request(direction, dtype, q.shape[-1],
                             features(args, q.shape[-2], k.shape[-2], direction, return_probs),
-                            _layout_problems({"q": q, "k": k, **tensors}), dropout_rng)
+                            _layout_problems({"q": q, "k": k, **tensors}), dropout_rng,
+                            k.shape[1] if args.is_paged else 0)
 
 
 def dropout_rng_index(choice: dispatch.Choice) -> int:

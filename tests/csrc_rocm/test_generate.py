@@ -92,3 +92,9 @@ def test_registry_feature_names_are_the_dispatchers(csrc_rocm):
     assert reported <= set(capabilities.FEATURES)
     for direction in ("fwd", "bwd"):
         assert capabilities.rows("rocm_ck", direction).features <= reported
+
+
+def test_dispatch_page_size_rule_is_the_tile_tables(csrc_rocm):
+    table = (csrc_rocm / "kernels" / "tile_table.hpp").read_text()
+    multiple = int(re.search(r"kPageBlockMultiple = (\d+);", table).group(1))
+    assert capabilities.rows("rocm_ck", "fwd").page_block_multiple == multiple

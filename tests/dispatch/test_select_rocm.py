@@ -44,14 +44,15 @@ def rocm_library(monkeypatch):
     return install
 
 
-def req(direction="fwd", head_dim=128, features=(), dropout_rng=""):
-    return S.Request(direction, "bfloat16", head_dim, frozenset(features), (), dropout_rng)
+def req(direction="fwd", head_dim=128, features=(), dropout_rng="", page_block_size=0):
+    return S.Request(direction, "bfloat16", head_dim, frozenset(features), (), dropout_rng,
+                     page_block_size)
 
 
 @pytest.mark.parametrize("target", [MI250X, MI300X])
 def test_default_build_serves_fa2_calls(rocm_library, target):
     for r in (req(features={"causal", "gqa", "varlen", "alibi", "dropout"}),
-              req(features={"paged_kv", "split_kv", "seqused_k"}, head_dim=96),
+              req(features={"paged_kv", "split_kv", "seqused_k"}, head_dim=96, page_block_size=256),
               req("bwd", features={"causal", "deterministic", "dropout"}, dropout_rng=CK_RNG)):
         assert S.select(r, target, F.Flags()).backend == "rocm_ck", r
 
@@ -99,11 +100,21 @@ def test_build_without_padded_instances_serves_exact_buckets(rocm_library, head_
             f"head_dim {head_dim} not compiled (built head dims: [64, 128] exactly;")
 
 
+@pytest.mark.parametrize("page", [128, 256, 16, 200])
+def test_page_size(rocm_library, page):
+    choice = S.select(req(features={"paged_kv"}, page_block_size=page), MI300X, F.Flags())
+    if page % 128 == 0:
+        assert choice.backend == "rocm_ck"
+    else:
+        assert choice.rejected["rocm_ck"] == [f"page_block_size {page} is not a multiple of 128"]
+
+
 @pytest.mark.parametrize("pair", [("paged_kv", "varlen"), ("paged_kv", "dropout"),
                                   ("kv_batch_idx", "varlen"), ("kv_batch_idx", "dropout")])
 def test_pairs_ck_tile_cannot_combine(rocm_library, pair):
-    assert S.select(req(features={pair[0]}), MI300X, F.Flags()).backend == "rocm_ck"
-    choice = S.select(req(features=set(pair)), MI300X, F.Flags())
+    page = 128 if pair[0] == "paged_kv" else 0
+    assert S.select(req(features={pair[0]}, page_block_size=page), MI300X, F.Flags()).backend == "rocm_ck"
+    choice = S.select(req(features=set(pair), page_block_size=page), MI300X, F.Flags())
     assert choice.backend == "reference"
     assert choice.rejected["rocm_ck"] == [
         f"does not implement {pair[0]} with {pair[1]}: ck_tile reads them only in its batch-mode "
