@@ -26,7 +26,7 @@ def _run(q, k, v, *, dropout_p, softmax_scale, causal, window_size, softcap, ali
     batch = q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.numel() - 1
     V.check_alibi(alibi_slopes, batch, q.shape[-2], q.device)
     with_probs = bool(return_attn_probs and dropout_p > 0)
-    out, lse, _, probs = ops.fwd(
+    out, lse, probs = ops.attention(
         q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, None, None, None, block_table,
         max_seqlen_q, max_seqlen_k, scale, left, right, float(softcap), float(dropout_p),
         with_probs, 0, bool(deterministic))

@@ -107,7 +107,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         k_cache[index] = k
         v_cache[index] = v
     seqused_k = cache_seqlens + s_new
-    out, lse, _, _ = ops.fwd(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k.to(torch.int32),
+    out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k.to(torch.int32),
                              cache_leftpad, cache_batch_idx, block_table, 0, 0, scale, left, right,
                              float(softcap), 0.0, False, int(num_splits), False)
     return (out, lse) if return_softmax_lse else out

@@ -5,6 +5,11 @@ per direction. Backend choice and environment flags are read inside the ops, at 
 compiled graph honours flags set after compilation. The dropout RNG state (seed, offset) is drawn
 from torch's default generator inside the forward op and returned as a CPU int64 tensor: the
 backward regenerates the same mask from it, and torch.manual_seed reproduces a run.
+
+Eager calls skip the custom-op machinery: `attention` runs the same forward and backward bodies
+through a torch.autograd.Function, whose dispatch costs a few microseconds where a Python custom op
+with autograd costs tens (per-call host time matters for decoding and small shapes). Under
+torch.compile, `attention` calls the custom op, which the compiler can trace.
 """
 from __future__ import annotations
 
@@ -18,11 +23,10 @@ from .backends.args import AttnArgs
 from .dispatch import flags as flagmod
 
 
-def _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, rng_state,
+def _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p, seed, offset,
           cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k=None, leftpad_k=None,
           kv_batch_idx=None, block_table=None, num_splits=0, deterministic=False) -> AttnArgs:
     flags = flagmod.read()
-    seed, offset = (int(x) for x in rng_state[:2].tolist()) if rng_state is not None else (0, 0)
     return AttnArgs(
         softmax_scale=softmax_scale, window_left=window_left, window_right=window_right,
         softcap=softcap, alibi_slopes=alibi_slopes, dropout_p=dropout_p, rng_seed=seed,
@@ -47,19 +51,15 @@ def _probs_shape(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, block_table) ->
     return (q.shape[0], q.shape[2], q.shape[1], sk)
 
 
-@torch.library.custom_op("flash_attn::fwd", mutates_args=())
-def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
-        cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], seqused_k: Optional[Tensor],
-        leftpad_k: Optional[Tensor], kv_batch_idx: Optional[Tensor], block_table: Optional[Tensor],
-        max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
-        window_right: int, softcap: float, dropout_p: float, return_probs: bool,
-        num_splits: int, deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # deterministic is unused here; it is an input so that the backward can see it.
-    rng_state = torch.zeros(3, dtype=torch.int64)
+def forward_impl(q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k,
+                 kv_batch_idx, block_table, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                 window_right, softcap, dropout_p, return_probs, num_splits):
+    """(out, lse, (seed, offset, dropout generator index), probs or None)."""
+    seed = offset = 0
     if dropout_p > 0:
-        rng_state[:2] = torch.randint(0, 2**62, (2,), dtype=torch.int64)
+        seed, offset = torch.randint(0, 2**62, (2,), dtype=torch.int64).tolist()
     args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
-                        rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        seed, offset, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         seqused_k, leftpad_k, kv_batch_idx, block_table, num_splits)
     out = torch.empty_like(q)
     lse = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
@@ -69,8 +69,39 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
                             dtype=q.dtype, device=q.device)
     req = registry.request("fwd", q, k, args, return_probs, v=v)
     impl, choice = registry.choose(req, q.device, flags)
-    rng_state[2] = registry.dropout_rng_index(choice)
     impl.forward(q, k, v, args, out, lse, probs, arch=choice.target.sm)
+    return out, lse, (seed, offset, registry.dropout_rng_index(choice)), probs
+
+
+def backward_impl(dout, q, k, v, out, lse, rng, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                  max_seqlen_q, max_seqlen_k, softmax_scale, window_left, window_right, softcap,
+                  dropout_p, deterministic):
+    """(dq, dk, dv); rng is the forward's (seed, offset, dropout generator index)."""
+    args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
+                        rng[0], rng[1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        deterministic=deterministic)
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dropout_rng = registry.dropout_rng_name(rng[2]) if dropout_p > 0 else ""
+    req = registry.request("bwd", q, k, args, dropout_rng=dropout_rng, v=v, out=out, dout=dout)
+    impl, choice = registry.choose(req, q.device, flags)
+    impl.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=choice.target.sm)
+    return dq, dk, dv
+
+
+@torch.library.custom_op("flash_attn::fwd", mutates_args=())
+def fwd(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor],
+        cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], seqused_k: Optional[Tensor],
+        leftpad_k: Optional[Tensor], kv_batch_idx: Optional[Tensor], block_table: Optional[Tensor],
+        max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
+        window_right: int, softcap: float, dropout_p: float, return_probs: bool,
+        num_splits: int, deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # deterministic is unused here; it is an input so that the backward can see it.
+    out, lse, rng, probs = forward_impl(q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k,
+                                        leftpad_k, kv_batch_idx, block_table, max_seqlen_q,
+                                        max_seqlen_k, softmax_scale, window_left, window_right,
+                                        softcap, dropout_p, return_probs, num_splits)
+    rng_state = torch.tensor(rng, dtype=torch.int64)
     return out, lse, rng_state, probs if probs is not None else q.new_empty(0)
 
 
@@ -90,16 +121,9 @@ def bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
         cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
         window_left: int, window_right: int, softcap: float, dropout_p: float,
         deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
-    args, flags = _args(softmax_scale, window_left, window_right, softcap, alibi_slopes, dropout_p,
-                        rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                        deterministic=deterministic)
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    rng = registry.dropout_rng_name(int(rng_state[2])) if dropout_p > 0 else ""
-    req = registry.request("bwd", q, k, args, dropout_rng=rng, v=v, out=out, dout=dout)
-    impl, choice = registry.choose(req, q.device, flags)
-    impl.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch=choice.target.sm)
-    return dq, dk, dv
+    return backward_impl(dout, q, k, v, out, lse, rng_state.tolist(), alibi_slopes, cu_seqlens_q,
+                         cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                         window_right, softcap, dropout_p, deterministic)
 
 
 @bwd.register_fake
@@ -123,9 +147,13 @@ def _setup_context(ctx, inputs, output):
     ctx.scalars = {n: named[n] for n in ("max_seqlen_q", "max_seqlen_k", "softmax_scale",
                                          "window_left", "window_right", "softcap", "dropout_p")}
     ctx.deterministic = named["deterministic"]
+    ctx.no_backward = _no_backward(named)
+
+
+def _no_backward(named: dict) -> Optional[str]:
     kv_cache = [n for n in ("seqused_k", "leftpad_k", "kv_batch_idx", "block_table") if named[n] is not None]
-    ctx.no_backward = (f"attention over a KV cache ({', '.join(kv_cache)}) has no backward; "
-                       f"call it under torch.no_grad() or detach the inputs") if kv_cache else None
+    return (f"attention over a KV cache ({', '.join(kv_cache)}) has no backward; "
+            f"call it under torch.no_grad() or detach the inputs") if kv_cache else None
 
 
 def _backward(ctx, dout, dlse, drng, dprobs):
@@ -140,3 +168,43 @@ def _backward(ctx, dout, dlse, drng, dprobs):
 
 
 fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The eager path: the custom ops' bodies without the custom-op dispatch. The ten tensor
+    inputs come first; the scalars travel as one tuple (apply's cost grows with its arguments)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
+                scalars):
+        (max_q, max_k, scale, wl, wr, softcap, dropout_p, return_probs, num_splits,
+         deterministic) = scalars
+        out, lse, rng, probs = forward_impl(q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k,
+                                            kv_batch_idx, block_table, max_q, max_k, scale, wl, wr,
+                                            softcap, dropout_p, return_probs, num_splits)
+        ctx.save_for_backward(q, k, v, out, lse, alibi, cu_q, cu_k)
+        ctx.rng = rng
+        ctx.scalars = (max_q, max_k, scale, wl, wr, softcap, dropout_p, deterministic)
+        ctx.no_backward = _no_backward(dict(seqused_k=seqused_k, leftpad_k=leftpad_k,
+                                            kv_batch_idx=kv_batch_idx, block_table=block_table))
+        ctx.mark_non_differentiable(lse, *([probs] if probs is not None else []))
+        return out, lse, probs
+
+    @staticmethod
+    def backward(ctx, dout, dlse, dprobs):
+        if ctx.no_backward:
+            raise RuntimeError(f"flash_attn: {ctx.no_backward}.")
+        q, k, v, out, lse, alibi, cu_q, cu_k = ctx.saved_tensors
+        grads = backward_impl(dout, q, k, v, out, lse, ctx.rng, alibi, cu_q, cu_k, *ctx.scalars)
+        return grads + (None,) * 8
+
+
+_RETURN_PROBS = _FWD_INPUTS.index("return_probs")
+
+
+def attention(*inputs):
+    """fwd's arguments, in order -> (out, lse, probs or None), differentiable in q, k, v."""
+    if torch.compiler.is_compiling():
+        out, lse, _, probs = fwd(*inputs)
+        return out, lse, probs if inputs[_RETURN_PROBS] else None
+    return _EagerAttention.apply(*inputs[:10], inputs[10:])
