@@ -24,7 +24,8 @@ FEATURES = (
     "leftpad",        # cache_leftpad
     "kv_batch_idx",   # cache_batch_idx
     "paged_kv",       # block_table, any page size
-    "split_kv",       # num_splits > 1
+    "split_kv",       # honours num_splits > 1; never required: num_splits is a speed hint
+                      # and results do not depend on it, so a backend without it ignores it
     "deterministic",  # bitwise-reproducible backward
     "rtz",
     "performance",

@@ -45,8 +45,8 @@ class BackendUnavailableError(RuntimeError):
     pass
 
 
-# Set by flash_attn at import: backend name -> build_info dict of its loaded native library, or
-# None when the library is absent. Kept as a hook so this package never imports the binding.
+# Set by flash_attn at import: backend name -> build_info dict of its loaded native library, None
+# when the library is absent, or {"load_error": why} when it exists but cannot be loaded. Kept as a hook so this package never imports the binding.
 library_info: Callable[[str], Optional[dict]] = lambda name: None
 
 
@@ -83,6 +83,8 @@ def _library_reasons(cap: Capability, req: Request, target: Target) -> list:
     if info is None:
         return [f"native library libflash_attn_{cap.library}.so is not installed (built with "
                 f"FLASH_ATTENTION_SKIP_{cap.library.upper()}_BUILD=1, or no compiler at install)"]
+    if "load_error" in info:
+        return [info["load_error"]]
     reasons = []
     # AMD code objects run only on the gfx they were compiled for (CUDA's sm80 code runs on later
     # archs, so its library lists no such restriction here). An arch the table already refused

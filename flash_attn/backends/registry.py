@@ -21,18 +21,29 @@ NATIVE_LIBRARY = {"cuda_sm80": "cuda", "rocm_ck": "rocm"}
 
 
 @functools.lru_cache(maxsize=None)
-def native_library(name: str):
-    """The loaded native library, or None when it was not built. Imported lazily: a CPU-only
-    install never touches ctypes."""
+def _load(name: str) -> tuple:
+    """(library or None, why it could not be loaded or None). Imported lazily: a CPU-only install
+    never touches ctypes. A library that exists but cannot load (built for another libstdc++, ABI
+    version mismatch) is reported through the dispatcher's reasons instead of failing every call."""
     try:
         from . import native
     except ImportError:
-        return None
-    return native.load(name)
+        return None, None
+    try:
+        return native.load(name), None
+    except (OSError, RuntimeError) as e:
+        return None, f"{native.library_path(name)} could not be loaded ({e}); rebuild it on this machine (pip install .)"
+
+
+def native_library(name: str):
+    """The loaded native library, or None when it was not built or cannot load."""
+    return _load(name)[0]
 
 
 def _library_info(name: str) -> Optional[dict]:
-    lib = native_library(name)
+    lib, error = _load(name)
+    if error is not None:
+        return {"load_error": error}
     return None if lib is None else lib.build_info
 
 
@@ -93,7 +104,7 @@ def features(args: AttnArgs, nheads: int, nheads_k: int, direction: str, return_
                      ("varlen", args.is_varlen), ("gqa", nheads_k != nheads),
                      ("seqused_k", args.seqused_k is not None), ("leftpad", args.leftpad_k is not None),
                      ("kv_batch_idx", args.kv_batch_idx is not None), ("paged_kv", args.is_paged),
-                     ("split_kv", args.num_splits > 1), ("rtz", args.rtz), ("performance", args.performance),
+                     ("rtz", args.rtz), ("performance", args.performance),
                      ("deterministic", args.deterministic and direction == "bwd")):
         if on:
             f.add(name)

@@ -96,6 +96,26 @@ def test_library_missing(libraries, name, lib):
                        f"FLASH_ATTENTION_SKIP_{lib.upper()}_BUILD=1, or no compiler at install)"]
 
 
+def test_library_that_cannot_load_is_a_reason(libraries):
+    why = "libflash_attn_cuda.so could not be loaded (GLIBCXX_3.4.32 not found); rebuild it"
+    libraries(cuda={"load_error": why})
+    choice = S.select(req(), TARGETS["sm90"], F.Flags())
+    assert choice.backend == "reference"
+    assert choice.rejected["cuda_sm80"] == [why]
+
+
+def test_unloadable_library_file_is_reported_not_raised(tmp_path, monkeypatch):
+    """A file that is not a loadable library: info and calls keep working, the reason says why."""
+    (tmp_path / "libflash_attn_cuda.so").write_bytes(b"not an ELF file")
+    monkeypatch.setenv("FLASH_ATTENTION_LIB_DIR", str(tmp_path))
+    registry._load.cache_clear()
+    try:
+        info = S.library_info("cuda")
+        assert "could not be loaded" in info["load_error"] and "pip install ." in info["load_error"]
+    finally:
+        registry._load.cache_clear()
+
+
 @pytest.mark.parametrize("head_dim,compiled", [(32, True), (59, True), (64, True), (96, True),
                                                (128, True), (129, False), (256, False)])
 def test_head_dim_not_compiled(libraries, head_dim, compiled):
@@ -302,3 +322,9 @@ def test_fallback_end_to_end(libraries, fresh_warnings, monkeypatch):
     msgs = _warned(lambda: [flash_attn_func(q, k, v, causal=True) for _ in range(3)])
     assert len(msgs) == 1 and "libflash_attn_cuda.so is not installed" in msgs[0]
     Oracle(q, k, v, causal=True).check(flash_attn_func(q, k, v, causal=True))
+
+
+def test_num_splits_is_a_hint_not_a_requirement():
+    """num_splits does not change results, so no backend is refused for lacking a split-KV path."""
+    from flash_attn.backends.args import AttnArgs
+    assert "split_kv" not in registry.features(AttnArgs(softmax_scale=1.0, num_splits=4), 8, 8, "fwd", False)
