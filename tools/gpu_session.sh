@@ -7,7 +7,9 @@
 #             from .carry/cutlass_include.tar.xz; returns the library xz-compressed
 #     tests   the whole suite, devices cpu and cuda
 #     checks  cuda tests with the arch override sm80 and sm86; 50-run determinism; memcheck
+#     memcheck  compute-sanitizer memcheck over tools/cuda_smoke.py alone
 #     bench   benchmarks/benchmark_flash_attention.py against SDPA flash, cuDNN, FlexAttention
+#             (BENCH_SEQLENS, BENCH_PEERS narrow it)
 set -u
 OUT=${OUT:-/tmp/fa_gpu}
 mkdir -p "$OUT"
@@ -54,13 +56,15 @@ for what in "$@"; do
     done
     stage determinism 90 python tools/check_determinism.py --runs 50
     cat "$OUT/determinism.log" | cut -c1-200 | tail -n 8
+    ;&
+  memcheck)
     stage memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 9 python tools/cuda_smoke.py
     grep -E "ERROR SUMMARY|Invalid|Error" "$OUT/memcheck.log" | head -n 10
     ;;
   bench)
     stage bench 540 python benchmarks/benchmark_flash_attention.py --device cuda --out "$OUT" \
-      --headdims 64,128,256 --seqlens 2048,4096,8192,16384 --directions fwd,bwd \
-      --peers sdpa_flash,sdpa_cudnn,flex
+      --headdims 64,128,256 --seqlens ${BENCH_SEQLENS:-2048,4096,8192,16384} --directions fwd,bwd \
+      --peers ${BENCH_PEERS:-sdpa_flash,sdpa_cudnn,flex}
     sed -n '/^ *d /,$p' "$OUT/bench.log" | head -n 90
     ;;
   esac
