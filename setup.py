@@ -30,9 +30,17 @@ def build_target() -> str:
     if target not in ("auto", "cuda", "rocm", "none"):
         sys.exit(f"FLASH_ATTENTION_BUILD_TARGET={target!r}: use auto, cuda, rocm or none")
     if target == "auto":
-        rocm = shutil.which("hipcc") or os.path.isdir(os.environ.get("ROCM_PATH", "/opt/rocm"))
-        cuda = shutil.which("nvcc") or os.path.exists(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
+        # A compiler alone is not enough: CPU machines often have nvcc or hipcc installed, and
+        # building there would take long for kernels nothing can run. Auto builds for a GPU
+        # driver it finds; docker builds without a GPU set the target explicitly.
+        rocm = (shutil.which("hipcc") or os.path.isdir(os.environ.get("ROCM_PATH", "/opt/rocm"))) \
+            and os.path.exists("/dev/kfd")
+        cuda = (shutil.which("nvcc") or os.path.exists(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))) \
+            and (os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi"))
         target = "rocm" if rocm else "cuda" if cuda else "none"
+        if target == "none":
+            print("flash_attn: FLASH_ATTENTION_BUILD_TARGET=auto found no GPU driver with its compiler "
+                  "(nvcc + NVIDIA driver, or hipcc + /dev/kfd); set it to cuda or rocm to build anyway")
     if target == "cuda" and _truthy("FLASH_ATTENTION_SKIP_CUDA_BUILD"):
         return "none"
     if target == "rocm" and _truthy("FLASH_ATTENTION_SKIP_ROCM_BUILD"):

@@ -60,7 +60,9 @@ def find_cutlass_include() -> str:
     for p in map(Path, sys.path):
         for hit in p.glob("**/include/cute/tensor.hpp") if p.is_dir() and "site-packages" in str(p) else []:
             return str(hit.parent.parent)
-    raise RuntimeError("CuTe headers not found: pip install nvidia-cutlass or set CUTLASS_INCLUDE_DIR")
+    raise RuntimeError("CuTe headers not found: pip install nvidia-cutlass==4.2.0.0, then install flash_attn "
+                       "with pip install --no-build-isolation . (an isolated build cannot see it), or set "
+                       "CUTLASS_INCLUDE_DIR")
 
 
 def gencode_flags(archs) -> list[str]:
