@@ -185,8 +185,10 @@ class _EagerAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse, alibi, cu_q, cu_k)
         ctx.rng = rng
         ctx.scalars = (max_q, max_k, scale, wl, wr, softcap, dropout_p, deterministic)
-        ctx.no_backward = _no_backward(dict(seqused_k=seqused_k, leftpad_k=leftpad_k,
-                                            kv_batch_idx=kv_batch_idx, block_table=block_table))
+        ctx.no_backward = None
+        if seqused_k is not None or leftpad_k is not None or kv_batch_idx is not None or block_table is not None:
+            ctx.no_backward = _no_backward(dict(seqused_k=seqused_k, leftpad_k=leftpad_k,
+                                                kv_batch_idx=kv_batch_idx, block_table=block_table))
         ctx.mark_non_differentiable(lse, *([probs] if probs is not None else []))
         return out, lse, probs
 
@@ -207,4 +209,8 @@ def attention(*inputs):
     if torch.compiler.is_compiling():
         out, lse, _, probs = fwd(*inputs)
         return out, lse, probs if inputs[_RETURN_PROBS] else None
+    q, k, v = inputs[:3]
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        out, lse, _, probs = forward_impl(*inputs[:-1])  # inference: no graph to record
+        return out, lse, probs
     return _EagerAttention.apply(*inputs[:10], inputs[10:])
