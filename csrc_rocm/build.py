@@ -1,5 +1,5 @@
 """Builds libflash_attn_rocm.so from csrc_rocm/ with ninja. Pure Python; setup.py calls
-build_from_env() (build() with every choice from the environment).
+build(build_dir, out_lib), every other choice coming from the environment.
 
     python csrc_rocm/build.py --build-dir build/rocm --out build/rocm/libflash_attn_rocm.so
 
@@ -254,11 +254,6 @@ def build(build_dir, out_lib, archs: Optional[Iterable[str]] = None,
     if proc.returncode != 0:
         raise BuildError(f"ninja failed (exit {proc.returncode}) in {build_dir}")
     return out_lib
-
-
-def build_from_env(build_dir, out_lib) -> Path:
-    """setup.py's entry point: build() with every choice from the environment."""
-    return build(build_dir, out_lib)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
