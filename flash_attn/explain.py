@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from . import _validate as V
+from . import ops
 from .backends import registry
-from .backends.args import AttnArgs
 from .dispatch import capabilities, flags as flagmod, hardware, select as selmod
 
 
@@ -45,18 +45,14 @@ def explain(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_siz
             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, num_splits=0) -> Explanation:
     """Takes the arguments of any flash_attn_* call (q, k, v as that call takes them) and returns
     the backend each direction would use, with every rejected backend's reasons."""
-    flags = flagmod.read()
     left, right = V.window(window_size, causal)
     seqused = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else (
         torch.zeros(q.shape[0], dtype=torch.int32) if cache_seqlens is not None else None)
-    args = AttnArgs(softmax_scale=V.scalars(dropout_p, softcap, softmax_scale, q.shape[-1]),
-                    window_left=left, window_right=right, softcap=softcap, alibi_slopes=alibi_slopes,
-                    dropout_p=dropout_p, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                    max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, seqused_k=seqused,
-                    leftpad_k=cache_leftpad, kv_batch_idx=cache_batch_idx, block_table=block_table,
-                    deterministic=(deterministic or flags.deterministic
-                                   or torch.are_deterministic_algorithms_enabled()),
-                    rtz=flags.rtz, performance=flags.performance, num_splits=num_splits)
+    # The same AttnArgs and flags the call itself would build (ops._args).
+    args, flags = ops._args(V.scalars(dropout_p, softcap, softmax_scale, q.shape[-1]), left, right,
+                            softcap, alibi_slopes, dropout_p, 0, 0, cu_seqlens_q, cu_seqlens_k,
+                            max_seqlen_q, max_seqlen_k, seqused, cache_leftpad, cache_batch_idx,
+                            block_table, num_splits, deterministic)
     target = hardware.detect(q.device, flags.arch_override)
     verdicts = {"fwd": _verdicts(registry.request("fwd", q, k, args, return_attn_probs and dropout_p > 0, v=v),
                                  target, flags)}
