@@ -147,13 +147,17 @@ def _setup_context(ctx, inputs, output):
     ctx.scalars = {n: named[n] for n in ("max_seqlen_q", "max_seqlen_k", "softmax_scale",
                                          "window_left", "window_right", "softcap", "dropout_p")}
     ctx.deterministic = named["deterministic"]
-    ctx.no_backward = _no_backward(named)
+    ctx.no_backward = _no_backward(*(named[n] for n in _KV_CACHE))
 
 
-def _no_backward(named: dict) -> Optional[str]:
-    kv_cache = [n for n in ("seqused_k", "leftpad_k", "kv_batch_idx", "block_table") if named[n] is not None]
-    return (f"attention over a KV cache ({', '.join(kv_cache)}) has no backward; "
-            f"call it under torch.no_grad() or detach the inputs") if kv_cache else None
+_KV_CACHE = ("seqused_k", "leftpad_k", "kv_batch_idx", "block_table")
+
+
+def _no_backward(*kv_cache_inputs) -> Optional[str]:
+    """Why a backward must be refused (attention over a KV cache), or None."""
+    used = [n for n, t in zip(_KV_CACHE, kv_cache_inputs) if t is not None]
+    return (f"attention over a KV cache ({', '.join(used)}) has no backward; "
+            f"call it under torch.no_grad() or detach the inputs") if used else None
 
 
 def _backward(ctx, dout, dlse, drng, dprobs):
@@ -185,10 +189,7 @@ class _EagerAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse, alibi, cu_q, cu_k)
         ctx.rng = rng
         ctx.scalars = (max_q, max_k, scale, wl, wr, softcap, dropout_p, deterministic)
-        ctx.no_backward = None
-        if seqused_k is not None or leftpad_k is not None or kv_batch_idx is not None or block_table is not None:
-            ctx.no_backward = _no_backward(dict(seqused_k=seqused_k, leftpad_k=leftpad_k,
-                                                kv_batch_idx=kv_batch_idx, block_table=block_table))
+        ctx.no_backward = _no_backward(seqused_k, leftpad_k, kv_batch_idx, block_table)
         ctx.mark_non_differentiable(lse, *([probs] if probs is not None else []))
         return out, lse, probs
 
