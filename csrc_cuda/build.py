@@ -150,7 +150,9 @@ def build(build_dir, out_lib, archs=None, head_dims=None, dtypes=None, direction
     subprocess.run([ninja, "-C", str(build_dir), "-j", str(jobs)], check=True)
     out_lib = Path(out_lib).resolve()
     out_lib.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build_dir / "libflash_attn_cuda.so", out_lib)
+    built = build_dir / "libflash_attn_cuda.so"
+    if out_lib != built:  # --out may name the build directory's own copy
+        shutil.copy2(built, out_lib)
     print(f"[flash_attn cuda] built {out_lib} in {time.time() - start:.0f} s", flush=True)
     return out_lib
 
