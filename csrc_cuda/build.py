@@ -8,8 +8,8 @@ setup.py calls build(build_dir, out_lib). Environment variables narrow what is c
     FLASH_ATTENTION_DTYPES      default "fp16;bf16"
     FLASH_ATTENTION_DIRECTIONS  default "fwd;bwd"
     FLASH_ATTENTION_PTXAS_VERBOSE=1 prints registers and spills per kernel
-The library links the CUDA runtime statically and exports only the fa_* C ABI, so it loads under any
-torch build.
+The library links the CUDA and C++ runtimes statically and exports only the fa_* C ABI, so it loads
+under any torch build and on systems older than the one it was built on (glibc permitting).
 """
 from __future__ import annotations
 
@@ -97,9 +97,12 @@ def write_ninja(build_dir: Path, units, archs, info) -> Path:
         "  depfile = $out.d",
         "  deps = gcc",
         "  description = nvcc $in",
+        # The C++ runtime is linked in too (its symbols stay hidden behind the version script), so
+        # a library built on a newer system still loads on an older one: a build on the GPU image
+        # needed GLIBCXX_3.4.32, which this project's build machine lacks.
         "rule link",
-        f"  command = $nvcc -shared -cudart static -Xlinker --version-script={_ninja_escape(str(exports))} "
-        "-Xlinker --no-undefined $in -o $out",
+        f"  command = $nvcc -shared -cudart static -Xcompiler -static-libstdc++ -Xcompiler -static-libgcc "
+        f"-Xlinker --version-script={_ninja_escape(str(exports))} -Xlinker --no-undefined $in -o $out",
         "  description = link $out",
     ]
     objects = []
