@@ -4,7 +4,9 @@
 # (at most 8 files come back), one summary line per stage to stdout.
 #   tools/gpu_session.sh STAGE...
 #     build   builds flash_attn/_lib/libflash_attn_cuda.so there (sm_90, all jobs), CuTe headers
-#             from .carry/cutlass_include.tar.xz; RETURN_LIB=1 returns it xz-compressed
+#             from .carry/cutlass_include.tar.xz (git-ignored; make it here with
+#             tar -cJf .carry/cutlass_include.tar.xz -C <site-packages>/cutlass_library/source include
+#             and name .carry in the device call's carry); RETURN_LIB=1 returns it xz-compressed
 #     tests   the whole suite, devices cpu and cuda
 #     checks  cuda tests with the arch override sm80 and sm86; 50-run determinism; memcheck
 #     memcheck  compute-sanitizer memcheck over tools/cuda_smoke.py alone
