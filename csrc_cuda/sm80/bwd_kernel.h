@@ -3,10 +3,12 @@
 // recompute S and dP, form P and dS (bwd_step.h), accumulate dV += P^T dO and dK += dS^T Q from
 // shared memory, and add dQ = dS K to an fp32 buffer (bwd_dq_accum.h). With grouped KV heads each
 // query head writes fp32 dK, dV partials that bwd_postprocess.h sums in a fixed order.
+// kAllFeatures: the full or the plain kernel (common/features.h).
 #pragma once
 
 #include <cute/tensor.hpp>
 
+#include "../common/features.h"
 #include "../common/mask.h"
 #include "../common/params.h"
 #include "../common/seqlen.h"
@@ -38,12 +40,12 @@ __device__ __forceinline__ void visiting_query_blocks(Mask const& mask, int n_bl
 // head, else fp32 into this query head's slot of the partial buffer (rows_k, nheads, kHeadDim).
 template <class Element, int kHeadDim, class Acc, class Coord>
 __device__ __forceinline__ void store_dkv(Acc const& acc, Coord const& tcC, BwdParams const& p, TensorRef const& out,
-                                          float* accum, SeqInfo const& seq, int b, int h, int row0) {
+                                          float* accum, SeqInfo const& seq, int b, int h, int row0, bool rtz) {
   const int max_rows = seq.seqlen_k_rows - row0;  // keys past seqused_k get their zero gradient too
   if (p.group == 1) {
     Element* base = static_cast<Element*>(out.ptr) + seq.k_offset(out, b) + h * out.head_stride +
                     int64_t(row0) * out.row_stride;
-    store_rows(acc, tcC, base, out.row_stride, max_rows, p.head_dim, p.rtz);
+    store_rows(acc, tcC, base, out.row_stride, max_rows, p.head_dim, rtz);
     return;
   }
   const int64_t row_stride = int64_t(p.nheads) * kHeadDim;
@@ -57,9 +59,10 @@ __device__ __forceinline__ void store_dkv(Acc const& acc, Coord const& tcC, BwdP
   }
 }
 
-template <class T>
+template <class T, bool kAllFeatures>
 __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ const BwdParams p) {
   using Element = typename T::Element;
+  const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
   const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
 
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
   const ScoreMod mod(p, b, h, mask.diag());
-    const float* lse = p.lse + seq.lse_offset(p, b, h, p.total_q);
+  const float* lse = p.lse + seq.lse_offset(p, b, h, p.total_q);
   const float* dsum = p.dsum + seq.lse_offset(p, b, h, p.rows_q_bound);
   const int64_t dq_row_stride = int64_t(p.nheads) * kHeadDim;
   float* dq_accum = p.dq_accum + seq.q_row0 * dq_row_stride + h * kHeadDim;
@@ -196,9 +199,9 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     clear(acc_dp);
     gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
-    scores_to_p_ds(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p);
-    store_fragment_smem<Element>(acc_s, tScS, sP, p.rtz);
-    store_fragment_smem<Element>(acc_dp, tScS, sdS, p.rtz);
+    scores_to_p_ds(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+    store_fragment_smem<Element>(acc_s, tScS, sP, f.rtz);
+    store_fragment_smem<Element>(acc_dp, tScS, sdS, f.rtz);
     __syncthreads();  // P and dS visible to every warp
 
     gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, tdVsdOt, mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
@@ -227,12 +230,13 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   cp_async_wait<0>();  // K and V are still pending when no query block sees this key block
 
   // dK = scale * sum dS^T Q (the score scale of S = scale * q.k); dV = sum P^T dO / (1 - p_drop)
+  const float dv_scale = f.dropout ? p.rp_dropout : 1.f;
   for (int i = 0; i < size(acc_dk); ++i) {
     acc_dk(i) *= p.softmax_scale;
-    acc_dv(i) *= p.rp_dropout;
+    acc_dv(i) *= dv_scale;
   }
-  store_dkv<Element, kHeadDim>(acc_dk, tdKcdK, p, p.dk, p.dk_accum, seq, b, h, col0);
-  store_dkv<Element, kHeadDim>(acc_dv, tdKcdK, p, p.dv, p.dv_accum, seq, b, h, col0);
+  store_dkv<Element, kHeadDim>(acc_dk, tdKcdK, p, p.dk, p.dk_accum, seq, b, h, col0, f.rtz);
+  store_dkv<Element, kHeadDim>(acc_dv, tdKcdK, p, p.dv, p.dv_accum, seq, b, h, col0, f.rtz);
 }
 
 }  // namespace fa::sm80

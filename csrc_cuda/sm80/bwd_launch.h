@@ -16,6 +16,16 @@ using BwdTraitsFor =
               bwd_tile(Row, HeadDim).sdp_warps_m, bwd_tile(Row, HeadDim).dkv_warps_n,
               bwd_tile(Row, HeadDim).dq_warps_m, Element>;
 
+template <class T, bool kAllFeatures>
+cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
+  constexpr auto kernel = &bwd_kernel<T, kAllFeatures>;
+  cudaError_t err = allow_smem<kernel>(T::kSmemBytes);
+  if (err != cudaSuccess) { return err; }
+  const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  return cudaSuccess;
+}
+
 template <class T>
 cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   using Element = typename T::Element;
@@ -31,10 +41,10 @@ cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   const dim3 q_rows(ceil_div(p.seqlen_q, kRowsPerBlock), p.nheads, p.batch);
   if (p.seqlen_q > 0) { bwd_dsum_kernel<Element><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
 
-  auto kernel = &bwd_kernel<T>;
-  if ((err = allow_smem<&bwd_kernel<T>>(T::kSmemBytes)) != cudaSuccess) { return err; }
-  const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
-  if (p.seqlen_k > 0) { kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p); }
+  if (p.seqlen_k > 0) {
+    err = Features::any(p) ? launch_main<T, true>(p, stream) : launch_main<T, false>(p, stream);
+    if (err != cudaSuccess) { return err; }
+  }
 
   if (p.seqlen_q > 0) { bwd_dq_convert_kernel<Element, T::kHeadDim><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
   if (p.group > 1 && p.seqlen_k > 0) {

@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/convert.h"
+#include "../common/features.h"
 #include "../common/fast_math.h"
 #include "../common/fragment.h"
 #include "../common/mask.h"
@@ -27,28 +28,29 @@ struct TileRows {
 template <int kRows, class Acc, class Coord>
 __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord const& tScS, TileRows const& t,
                                                float const (&lse_log2)[kRows], float const (&dsum)[kRows],
-                                               Mask const& mask, ScoreMod const& mod, AttnParams const& p) {
+                                               Mask const& mask, ScoreMod const& mod, AttnParams const& p,
+                                               Features const& f) {
   Tensor s = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
   Tensor dp = make_tensor(acc_dp.data(), rowcol_layout(acc_dp.layout()));
   Tensor c = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
   static_assert(decltype(size<0>(s))::value == kRows);
-  const float mult = p.score_mod ? float(M_LOG2E) : p.scale_log2;
+  const float mult = f.score_mod ? float(M_LOG2E) : p.scale_log2;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
 #pragma unroll
     for (int j = 0; j < size<1>(s); j += 2) {
       const int row = t.row0 + get<0>(c(r, j)), col = t.col0 + get<1>(c(r, j));
       bool keep[2] = {true, true};
-      if (p.dropout) {
+      if (f.dropout) {
         dropout_keep_pair(p.seed_lo, p.seed_hi, p.offset_lo, t.bh, row, col, p.drop_threshold, keep[0], keep[1]);
       }
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float x = s(r, j + e), dtanh = 1.f;
-        if (p.score_mod) { x = mod.logit(x, row, col + e, dtanh); }
+        if (f.score_mod) { x = mod.logit(x, row, col + e, dtanh); }
         if (t.partial && !mask.visible(row, col + e)) { x = -INFINITY; }
         const float prob = fast_exp2(x * mult - lse_log2[r]);
-        const float dprob = keep[e] ? dp(r, j + e) * p.rp_dropout : 0.f;
+        const float dprob = !f.dropout ? dp(r, j + e) : keep[e] ? dp(r, j + e) * p.rp_dropout : 0.f;
         dp(r, j + e) = prob * (dprob - dsum[r]) * dtanh;
         s(r, j + e) = keep[e] ? prob : 0.f;
       }

@@ -1,10 +1,12 @@
 // The forward kernel: one block per (query block, head, batch entry). Q stays in shared memory;
 // key blocks stream through from the last to the first (the partially masked ones come first),
 // with V(n) loading during S = Q K^T and K(n-1) during O += P V. P never leaves registers.
+// kAllFeatures: the full or the plain kernel (common/features.h).
 #pragma once
 
 #include <cute/tensor.hpp>
 
+#include "../common/features.h"
 #include "../common/fragment.h"
 #include "../common/mask.h"
 #include "../common/params.h"
@@ -19,9 +21,10 @@ namespace fa::sm80 {
 
 using namespace cute;
 
-template <class T>
+template <class T, bool kAllFeatures>
 __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ const AttnParams p) {
   using Element = typename T::Element;
+  const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
   const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
 
@@ -84,7 +87,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   clear(acc_o);
   Tensor o_rc = make_tensor(acc_o.data(), rowcol_layout(acc_o.layout()));
   OnlineSoftmax<decltype(size<0>(o_rc))::value> softmax;
-  const float mult = p.score_mod ? float(M_LOG2E) : p.scale_log2;
+  const float mult = f.score_mod ? float(M_LOG2E) : p.scale_log2;
   const ScoreMod mod(p, b, h, mask.diag());
   const uint32_t bh = uint32_t(b * p.nheads + h);
 
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     cp_async_fence();
 
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma, s2r_q, s2r_k, tid);
-    if (p.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
+    if (f.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
     if (mask.tile_is_partial<kBlockM, kBlockN>(m_block, n)) { apply_mask(acc_s, tScS, row0, col0, mask); }
 
     cp_async_wait<0>();
@@ -116,20 +119,20 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
 
     Tensor s_rc = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
     softmax.update(s_rc, o_rc, mult);
-    if (p.dropout) { apply_dropout(acc_s, tScS, row0, col0, bh, p); }
+    if (f.dropout) { apply_dropout(acc_s, tScS, row0, col0, bh, p); }
     Tensor rP = make_tensor<Element>(acc_s.layout());
-    convert_fragment<Element>(acc_s, rP, p.rtz);
+    convert_fragment<Element>(acc_s, rP, f.rtz);
     Tensor tOrP = make_tensor(rP.data(), acc_as_operand_a(rP.layout()));  // (MMA, MMA_M, MMA_N / 2)
     gemm_rs(acc_o, tOrP, tOrVt, tOsVt, mma, s2r_v, tid);
   }
   cp_async_wait<0>();  // the Q load is still pending when no key block is visible
 
   float lse[decltype(size<0>(o_rc))::value];
-  softmax.finalize(o_rc, mult, p.dropout ? p.rp_dropout : 1.f, lse);
+  softmax.finalize(o_rc, mult, f.dropout ? p.rp_dropout : 1.f, lse);
   Element* out = static_cast<Element*>(p.out.ptr) + seq.q_offset(p.out, b) + h * p.out.head_stride +
                  int64_t(row0) * p.out.row_stride;
-  store_rows(acc_o, tOcO, out, p.out.row_stride, seq.seqlen_q - row0, p.head_dim, p.rtz);
-    store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0, seq.seqlen_q - row0);
+  store_rows(acc_o, tOcO, out, p.out.row_stride, seq.seqlen_q - row0, p.head_dim, f.rtz);
+  store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0, seq.seqlen_q - row0);
 }
 
 }  // namespace fa::sm80

@@ -8,28 +8,34 @@
 
 namespace fa::sm80 {
 
-template <ArchRow Row, int HeadDim, class Element>
+template <ArchRow Row, int HeadDim, class Element, bool kAllFeatures>
 using FwdTraitsFor = FwdTraits<HeadDim, fwd_tile(Row, HeadDim).block_m, fwd_tile(Row, HeadDim).block_n,
-                               fwd_tile(Row, HeadDim).warps, Element>;
+                               kAllFeatures ? fwd_tile(Row, HeadDim).warps_full : fwd_tile(Row, HeadDim).warps,
+                               Element>;
 
-template <class T>
+template <class T, bool kAllFeatures>
 cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
-  static_assert(T::kSmemBytes == int(fwd_tile(ArchRow::kSm80, T::kHeadDim).smem_bytes()) ||
-                T::kSmemBytes == int(fwd_tile(ArchRow::kSm86, T::kHeadDim).smem_bytes()));
-  auto kernel = &fwd_kernel<T>;
-  cudaError_t err = allow_smem<&fwd_kernel<T>>(T::kSmemBytes);
+  constexpr auto kernel = &fwd_kernel<T, kAllFeatures>;
+  cudaError_t err = allow_smem<kernel>(T::kSmemBytes);
   if (err != cudaSuccess) { return err; }
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
+// The plain kernel unless the call needs a feature only the full one has.
+template <ArchRow Row, int HeadDim, class Element>
+cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
+  return Features::any(p) ? launch_fwd<FwdTraitsFor<Row, HeadDim, Element, true>, true>(p, stream)
+                          : launch_fwd<FwdTraitsFor<Row, HeadDim, Element, false>, false>(p, stream);
+}
+
 template <int HeadDim, class Element>
 cudaError_t run_fwd(AttnParams const& p, ArchRow row, cudaStream_t stream) {
   switch (row) {
-    case ArchRow::kSm80: return launch_fwd<FwdTraitsFor<ArchRow::kSm80, HeadDim, Element>>(p, stream);
-    case ArchRow::kSm86: return launch_fwd<FwdTraitsFor<ArchRow::kSm86, HeadDim, Element>>(p, stream);
-    case ArchRow::kSm90: return launch_fwd<FwdTraitsFor<ArchRow::kSm90, HeadDim, Element>>(p, stream);
+    case ArchRow::kSm80: return launch_fwd<ArchRow::kSm80, HeadDim, Element>(p, stream);
+    case ArchRow::kSm86: return launch_fwd<ArchRow::kSm86, HeadDim, Element>(p, stream);
+    case ArchRow::kSm90: return launch_fwd<ArchRow::kSm90, HeadDim, Element>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

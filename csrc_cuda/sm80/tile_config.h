@@ -15,10 +15,11 @@ constexpr size_t kSmemLimit[kNumArchRows] = {163 * 1024, 99 * 1024, 227 * 1024};
 constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 192, 256};
 
 struct FwdTile {
-  int head_dim;  // bucket: any head_dim up to it runs with the rest of the tile zero-filled
-  int block_m;   // query rows per block
-  int block_n;   // keys per main-loop step
-  int warps;     // each warp owns block_m / warps whole query rows (online softmax in registers)
+  int head_dim;    // bucket: any head_dim up to it runs with the rest of the tile zero-filled
+  int block_m;     // query rows per block
+  int block_n;     // keys per main-loop step
+  int warps;       // plain kernel: each warp owns block_m / warps whole query rows
+  int warps_full;  // the full kernel (softcap, ALiBi, dropout, RTZ; common/features.h)
   constexpr size_t smem_bytes() const { return size_t(block_m + 2 * block_n) * head_dim * 2; }
 };
 
@@ -37,34 +38,38 @@ struct BwdTile {
 };
 
 // clang-format off
+// Warps: a warp reads all of K and V from shared memory for its rows, so 32 rows per warp (4
+// warps for 128 rows) halve the ldmatrix traffic per MMA against 16 rows (8 warps). Measured on
+// an H100 (benchmarks/results, run d): the plain d 128 kernel gains 32 %, d 64 47 % from 8 to 4
+// warps. 4 warps leave each thread the whole 32-row accumulator, so ptxas (nvcc 13.0) spills
+// 40-100 bytes per thread there; the full kernel's extra state (Philox, tanh) would spill far
+// more (364 bytes at d 64), so it keeps 8 warps, which spill nothing. d 192 and 256 keep 8
+// warps in both: 32 rows of a 192- or 256-wide accumulator do not fit in 255 registers.
 constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
   {  // SM80, 163 KB
-    // 8 warps (16 query rows each) for every head dim: with 4 warps ptxas (nvcc 13.0) spilled
-    // 0.5-0.7 KB per thread at d 32-128 and 13 KB at d 64 x 128 keys, which ran at 6 TFLOP/s
-    // on an H100; with 8 warps d 64 x 64 keys spills nothing and d 128 24 bytes.
-    { 32, 128, 128, 8},  // small d: a wide key step amortises the softmax per key
-    { 64, 128,  64, 8},
-    { 96, 128,  64, 8},
-    {128, 128,  64, 8},  // 64 KB: two blocks per SM
-    {192, 128,  64, 8},  // 8 warps halve each thread's output accumulator (96 registers)
-    {256, 128,  64, 8},  // 128 KB: one block per SM, 8 warps to hide the ldmatrix latency
+    { 32, 128,  64, 4, 8},
+    { 64, 128,  64, 4, 8},  // 128 keys per step: 7 % slower, with 232 bytes of spills
+    { 96, 128,  64, 4, 8},
+    {128, 128,  32, 4, 8},  // as fast as 128 x 64 on the H100, with a third of the spills
+    {192, 128,  64, 8, 8},
+    {256, 128,  64, 8, 8},  // 128 KB: one block per SM; 64 x 64 with 4 warps is 6 % slower
   },
-  {  // SM86 / SM89, 99 KB
-    { 32, 128, 128, 8},  // as SM80 (24 KB)
-    { 64, 128,  64, 8},  // as SM80 (32 KB)
-    { 96, 128,  64, 8},  // as SM80 (48 KB)
-    {128, 128,  64, 8},  // as SM80 (64 KB)
-    {192, 128,  64, 8},  // as SM80 (96 KB, just fits)
-    {256,  64,  64, 4},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
+  {  // SM86 / SM89, 99 KB: as SM80 but for d 256
+    { 32, 128,  64, 4, 8},
+    { 64, 128,  64, 4, 8},
+    { 96, 128,  64, 4, 8},
+    {128, 128,  32, 4, 8},
+    {192, 128,  64, 8, 8},  // 96 KB, just fits
+    {256,  64,  64, 4, 4},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
   },
   {  // SM90, 227 KB: these SM80-class kernels gain nothing from larger tiles on H100 that
      // would not also cost occupancy, so it keeps the SM80 shapes
-    { 32, 128, 128, 8},
-    { 64, 128,  64, 8},
-    { 96, 128,  64, 8},
-    {128, 128,  64, 8},
-    {192, 128,  64, 8},
-    {256, 128,  64, 8},
+    { 32, 128,  64, 4, 8},
+    { 64, 128,  64, 4, 8},
+    { 96, 128,  64, 4, 8},
+    {128, 128,  32, 4, 8},
+    {192, 128,  64, 8, 8},
+    {256, 128,  64, 8, 8},
   },
 };
 
