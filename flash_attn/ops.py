@@ -70,7 +70,7 @@ def forward_impl(q, k, v, alibi_slopes, cu_seqlens_q, cu_seqlens_k, seqused_k, l
     req = registry.request("fwd", q, k, args, return_probs, v=v)
     impl, choice = registry.choose(req, q.device, flags)
     impl.forward(q, k, v, args, out, lse, probs, arch=choice.target.sm)
-    return out, lse, (seed, offset, registry.dropout_rng_index(choice)), probs
+    return out, lse, (seed, offset, registry.dropout_rng_index(choice) if dropout_p > 0 else 0), probs
 
 
 def backward_impl(dout, q, k, v, out, lse, rng, alibi_slopes, cu_seqlens_q, cu_seqlens_k,

@@ -93,22 +93,23 @@ class ReferenceBackend:
 IMPLEMENTATIONS = {"reference": ReferenceBackend(), **{n: NativeBackend(l) for n, l in NATIVE_LIBRARY.items()}}
 
 
+_FEATURE_NAMES = ("causal", "window", "alibi", "softcap", "dropout", "return_probs", "varlen", "gqa", "seqused_k",
+                  "leftpad", "kv_batch_idx", "paged_kv", "rtz", "performance", "deterministic")
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_set(on: tuple) -> frozenset:
+    return frozenset(n for n, flag in zip(_FEATURE_NAMES, on) if flag)
+
+
 def features(args: AttnArgs, nheads: int, nheads_k: int, direction: str, return_probs: bool) -> frozenset:
-    f = set()
-    if args.is_causal:
-        f.add("causal")
-    elif args.window_left >= 0 or args.window_right >= 0:
-        f.add("window")
-    for name, on in (("alibi", args.alibi_slopes is not None), ("softcap", args.softcap > 0),
-                     ("dropout", args.dropout_p > 0), ("return_probs", return_probs),
-                     ("varlen", args.is_varlen), ("gqa", nheads_k != nheads),
-                     ("seqused_k", args.seqused_k is not None), ("leftpad", args.leftpad_k is not None),
-                     ("kv_batch_idx", args.kv_batch_idx is not None), ("paged_kv", args.is_paged),
-                     ("rtz", args.rtz), ("performance", args.performance),
-                     ("deterministic", args.deterministic and direction == "bwd")):
-        if on:
-            f.add(name)
-    return frozenset(f)
+    causal = args.is_causal
+    return _feature_set((
+        causal, not causal and (args.window_left >= 0 or args.window_right >= 0),
+        args.alibi_slopes is not None, args.softcap > 0, args.dropout_p > 0, return_probs,
+        args.cu_seqlens_q is not None, nheads_k != nheads, args.seqused_k is not None,
+        args.leftpad_k is not None, args.kv_batch_idx is not None, args.block_table is not None, args.rtz,
+        args.performance, args.deterministic and direction == "bwd"))
 
 
 def _layout_problems(tensors: dict) -> tuple:
@@ -117,21 +118,33 @@ def _layout_problems(tensors: dict) -> tuple:
     for name, t in tensors.items():
         if t is None or t.shape[-1] % 8:
             continue  # head dims not a multiple of 8 are padded (copied) before a native call
+        strides = t.stride()
+        if t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in strides[:-1]):
+            continue
         if t.data_ptr() % 16:
             problems.append(f"{name} data pointer is not 16-byte aligned")
-        bad = [s for s in t.stride()[:-1] if s % 8]
-        if bad:
-            problems.append(f"{name} strides {tuple(t.stride())} are not multiples of 8 elements")
+        if any(s % 8 for s in strides[:-1]):
+            problems.append(f"{name} strides {tuple(strides)} are not multiples of 8 elements")
     return tuple(problems)
+
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, dropout_rng: str = "",
             **tensors) -> dispatch.Request:
-    dtype = str(q.dtype).replace("torch.", "")
-    return dispatch.Request(direction, dtype, q.shape[-1],
-                            features(args, q.shape[-2], k.shape[-2], direction, return_probs),
-                            _layout_problems({"q": q, "k": k, **tensors}), dropout_rng,
-                            k.shape[1] if args.is_paged else 0)
+    dtype = _DTYPE_NAMES.get(q.dtype) or str(q.dtype).replace("torch.", "")
+    return _request(direction, dtype, q.shape[-1],
+                    features(args, q.shape[-2], k.shape[-2], direction, return_probs),
+                    _layout_problems({"q": q, "k": k, **tensors}), dropout_rng,
+                    k.shape[1] if args.block_table is not None else 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request(*fields) -> dispatch.Request:
+    # One Request object per distinct call kind: building a frozen dataclass costs microseconds,
+    # and _select's cache hashes an identical object faster.
+    return dispatch.Request(*fields)
 
 
 def dropout_rng_index(choice: dispatch.Choice) -> int:
