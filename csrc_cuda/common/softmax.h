@@ -35,25 +35,46 @@ struct OnlineSoftmax {
   }
 
   // s, o: (rows, cols) views of the score and output accumulators. exp2(s * mult) is the
-  // unnormalised probability. Replaces s by its probabilities relative to the new running max and
-  // rescales o and the sums to that max.
+  // unnormalised probability. Replaces s by its probabilities relative to the running reference
+  // max and, when that reference moves, rescales o and the sums to it.
+  //
+  // The reference moves only when some row of the warp gained more than kRescaleLog2 (in log2
+  // units) over it, so after the first key blocks o is rarely rescaled: probabilities up to
+  // 2^kRescaleLog2 are exact in fp32 and keep the 16-bit relative precision, and the final
+  // division by the sum cancels the offset. The rescale (a multiply per accumulator element) sat
+  // in every step's critical path before, and ptxas moved the whole accumulator between
+  // registers around it.
+  static constexpr float kRescaleLog2 = 8.f;
+
   template <class TensorS, class TensorO>
   __device__ __forceinline__ void update(TensorS& s, TensorO& o, float mult) {
     static_assert(decltype(cute::size<0>(s))::value == kRows);
+    float m[kRows];
+    bool grew = false;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      float m = row_max[r];
+      m[r] = row_max[r];
 #pragma unroll
-      for (int c = 0; c < cute::size<1>(s); ++c) { m = fmaxf(m, s(r, c)); }
-      m = quad_max(m);
-      // A row with no visible key so far keeps max -inf; subtracting 0 then keeps exp2(-inf) = 0
-      // instead of producing NaN from -inf - -inf.
-      const float m_scaled = m == -INFINITY ? 0.f : m * mult;
-      const float correction = fast_exp2(row_max[r] * mult - m_scaled);
-      row_max[r] = m;
-      row_sum[r] *= correction;
+      for (int c = 0; c < cute::size<1>(s); ++c) { m[r] = fmaxf(m[r], s(r, c)); }
+      m[r] = quad_max(m[r]);
+      // -inf - -inf (a row with no visible key yet) is NaN: not growth
+      grew |= (m[r] - row_max[r]) * mult > kRescaleLog2;
+    }
+    if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-      for (int c = 0; c < cute::size<1>(o); ++c) { o(r, c) *= correction; }
+      for (int r = 0; r < kRows; ++r) {
+        // A row with no visible key so far keeps max -inf; scaling by 0 then keeps its zeros.
+        const float correction = m[r] == -INFINITY ? 1.f : fast_exp2((row_max[r] - m[r]) * mult);
+        row_max[r] = m[r];
+        row_sum[r] *= correction;
+#pragma unroll
+        for (int c = 0; c < cute::size<1>(o); ++c) { o(r, c) *= correction; }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      // Subtracting 0 for a row whose max is still -inf keeps exp2(-inf) = 0 instead of NaN.
+      const float m_scaled = row_max[r] == -INFINITY ? 0.f : row_max[r] * mult;
       float sum = 0.f;
 #pragma unroll
       for (int c = 0; c < cute::size<1>(s); ++c) {
