@@ -27,7 +27,7 @@ stage() {  # stage NAME SECONDS CMD...: runs CMD under a limit, log in $OUT/NAME
     | tee -a "$OUT/summary.txt"
 }
 failures() { grep -E "^(FAILED|ERROR)|DIFFER|^E  .*(Error|max err)" "$OUT/$1.log" | cut -c1-220 | head -n "$2"; }
-PYTEST="python -m pytest -q -rfE -p no:cacheprovider --maxfail=200"
+PYTEST="python -m pytest -rfE -p no:cacheprovider --maxfail=200"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \

@@ -25,14 +25,16 @@ __device__ __forceinline__ void pass_turn(int32_t* counter) {
 }
 
 // acc: (MMA, MMA_M, MMA_N) of dS K with coordinates tdQcdQ; base: row 0 of this query block and
-// head in the accumulation buffer, row_stride apart.
-template <class Acc, class Coord>
+// head in the accumulation buffer, row_stride apart. kBounded: some row or column of the tile is
+// past max_rows or head_dim (the caller branches once per tile, so full tiles skip the checks and
+// the divergence bookkeeping around each atomic).
+template <bool kBounded, class Acc, class Coord>
 __device__ __forceinline__ void add_dq(Acc const& acc, Coord const& tdQcdQ, float* base, int64_t row_stride,
                                        int max_rows, int head_dim) {
 #pragma unroll
   for (int i = 0; i < size(acc) / 2; ++i) {
     const int row = get<0>(tdQcdQ(2 * i)), col = get<1>(tdQcdQ(2 * i));
-    if (row < max_rows && col < head_dim) {
+    if (!kBounded || (row < max_rows && col < head_dim)) {
       float* dst = base + row * row_stride + col;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc(2 * i), acc(2 * i + 1)));

@@ -199,7 +199,11 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     clear(acc_dp);
     gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
-    scores_to_p_ds(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+    if (tile.partial) {
+      scores_to_p_ds<true>(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+    } else {
+      scores_to_p_ds<false>(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+    }
     store_fragment_smem<Element>(acc_s, tScS, sP, f.rtz);
     store_fragment_smem<Element>(acc_dp, tScS, sdS, f.rtz);
     __syncthreads();  // P and dS visible to every warp
@@ -223,8 +227,12 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
       turn = p.dq_locks + (int64_t(b) * p.nheads + h) * p.m_blocks + m;
       wait_turn(turn, n_block - n_first);
     }
-    add_dq(acc_dq, tdQcdQ, dq_accum + int64_t(tile.row0) * dq_row_stride, dq_row_stride, seq.seqlen_q - tile.row0,
-           p.head_dim);
+    float* dq_rows = dq_accum + int64_t(tile.row0) * dq_row_stride;
+    if (tile.row0 + kBlockM <= seq.seqlen_q && p.head_dim == kHeadDim) {
+      add_dq<false>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim);
+    } else {
+      add_dq<true>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim);
+    }
     if (p.deterministic) { pass_turn(turn); }
   }
   cp_async_wait<0>();  // K and V are still pending when no query block sees this key block

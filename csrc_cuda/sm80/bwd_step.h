@@ -25,7 +25,9 @@ struct TileRows {
 // acc_s: raw q.k, acc_dp: dO.v; both (MMA, MMA_M, MMA_N) with coordinates tScS. lse_log2 and
 // dsum hold, per row of the rowcol view, lse * log2(e) (+inf past the sequence) and D.
 // On return acc_s holds P with dropped entries zeroed and acc_dp holds dS.
-template <int kRows, class Acc, class Coord>
+// kPartial: some element of the tile needs the visibility mask. The caller branches once per tile
+// so that full tiles (nearly all of them) carry no per-element comparisons.
+template <bool kPartial, int kRows, class Acc, class Coord>
 __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord const& tScS, TileRows const& t,
                                                float const (&lse_log2)[kRows], float const (&dsum)[kRows],
                                                Mask const& mask, ScoreMod const& mod, AttnParams const& p,
@@ -48,7 +50,7 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
       for (int e = 0; e < 2; ++e) {
         float x = s(r, j + e), dtanh = 1.f;
         if (f.score_mod) { x = mod.logit(x, row, col + e, dtanh); }
-        if (t.partial && !mask.visible(row, col + e)) { x = -INFINITY; }
+        if (kPartial && !mask.visible(row, col + e)) { x = -INFINITY; }
         const float prob = fast_exp2(x * mult - lse_log2[r]);
         const float dprob = !f.dropout ? dp(r, j + e) : keep[e] ? dp(r, j + e) * p.rp_dropout : 0.f;
         dp(r, j + e) = prob * (dprob - dsum[r]) * dtanh;

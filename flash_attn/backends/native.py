@@ -158,6 +158,8 @@ class NativeLibrary:
         self._dim_multiple = int(req.get("head_dim_multiple", 1))
         self._stride_multiple = int(req.get("stride_multiple", 1))
         self._ptr_align = int(req.get("ptr_align", 1))
+        # Only a split-KV forward needs scratch; without it the size query is a wasted foreign call.
+        self._fwd_workspace = "split_kv" in self.build_info.get("features", ())
         self._local = threading.local()
 
     # One params buffer per thread and direction, reused across calls.
@@ -192,8 +194,9 @@ class NativeLibrary:
         fwd, fwd_addr, _, _, size, size_addr = self._buffers()
         _FWD.pack_into(fwd, 0, *_FWD_HEAD, *_problem(q, k, args, arch, _stream(q.device)), *_tensor(q),
                        *_tensor(k), *_tensor(v), *_tensor(out), lse.data_ptr(), args.num_splits, 0)
-        self._check(self._lib.fa_fwd_workspace_size(fwd_addr, size_addr), "forward workspace query")
-        if size.value:
+        if self._fwd_workspace:
+            self._check(self._lib.fa_fwd_workspace_size(fwd_addr, size_addr), "forward workspace query")
+        if self._fwd_workspace and size.value:
             ws = torch.empty(size.value, dtype=torch.uint8, device=q.device)
             struct.pack_into("<Q", fwd, _FWD_WORKSPACE_AT, ws.data_ptr())
         self._check(self._lib.fa_fwd(fwd_addr), "forward")
