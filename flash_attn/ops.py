@@ -191,12 +191,16 @@ class _EagerAttention(torch.autograd.Function):
         ctx.scalars = (max_q, max_k, scale, wl, wr, softcap, dropout_p, deterministic)
         ctx.no_backward = _no_backward(seqused_k, leftpad_k, kv_batch_idx, block_table)
         ctx.mark_non_differentiable(lse, *([probs] if probs is not None else []))
+        # lse and probs get no gradient; materialising zeros for them cost a fill per call
+        ctx.set_materialize_grads(False)
         return out, lse, probs
 
     @staticmethod
     def backward(ctx, dout, dlse, dprobs):
         if ctx.no_backward:
             raise RuntimeError(f"flash_attn: {ctx.no_backward}.")
+        if dout is None:  # only lse or probs were used: nothing flows back
+            return (None,) * 11
         q, k, v, out, lse, alibi, cu_q, cu_k = ctx.saved_tensors
         grads = backward_impl(dout, q, k, v, out, lse, ctx.rng, alibi, cu_q, cu_k, *ctx.scalars)
         return grads + (None,) * 8

@@ -74,13 +74,14 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
 };
 
 constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
-  {  // SM80, 163 KB
+  {  // SM80, 163 KB. Warp grids as square as the tile allows: a warp's operand loads grow with
+     // its tile's rows + columns, its MMAs with their product (the FlashAttention-2 layouts).
     { 32, 128, 128, 8, 4, 4, 4},  // 96 KB
-    { 64,  64, 128, 8, 2, 4, 4},  // 80 KB
+    { 64,  64, 128, 8, 2, 4, 2},  // 80 KB
     { 96,  64, 128, 8, 2, 4, 4},  // 104 KB
-    {128,  64, 128, 8, 2, 4, 4},  // 128 KB; dK + dV take 128 registers per thread
-    {192,  64,  64, 8, 2, 4, 4},  // 112 KB; a 128-key block would need 192 dK/dV registers
-    {256,  64,  64, 8, 2, 4, 4},  // 144 KB
+    {128,  64, 128, 8, 2, 4, 2},  // 128 KB; dK + dV take 128 registers per thread; dQ warps 32 x 32
+    {192,  64,  64, 8, 4, 2, 2},  // 112 KB; a 128-key block would need 192 dK/dV registers
+    {256,  64,  64, 8, 4, 2, 2},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128
   },
   {  // SM86 / SM89, 99 KB
     { 32, 128, 128, 8, 4, 4, 4},  // as SM80 (96 KB)
@@ -92,11 +93,11 @@ constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
   },
   {  // SM90, 227 KB: the SM80 shapes (see the forward table)
     { 32, 128, 128, 8, 4, 4, 4},
-    { 64,  64, 128, 8, 2, 4, 4},
+    { 64,  64, 128, 8, 2, 4, 2},
     { 96,  64, 128, 8, 2, 4, 4},
-    {128,  64, 128, 8, 2, 4, 4},
-    {192,  64,  64, 8, 2, 4, 4},
-    {256,  64,  64, 8, 2, 4, 4},
+    {128,  64, 128, 8, 2, 4, 2},
+    {192,  64,  64, 8, 4, 2, 2},
+    {256,  64,  64, 8, 4, 2, 2},
   },
 };
 // clang-format on
