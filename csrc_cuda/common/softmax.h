@@ -63,7 +63,8 @@ struct OnlineSoftmax {
     if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        // A row with no visible key so far keeps max -inf; scaling by 0 then keeps its zeros.
+        // A row still without a visible key is left as it is (1, not exp2 of NaN); a row seeing its
+        // first key scales its zeros by exp2(-inf) = 0.
         const float correction = m[r] == -INFINITY ? 1.f : fast_exp2((row_max[r] - m[r]) * mult);
         row_max[r] = m[r];
         row_sum[r] *= correction;
