@@ -6,6 +6,7 @@ zero-padded here, as FlashAttention-2 does, which leaves scores and outputs unch
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -118,12 +119,11 @@ def _layout_problems(tensors: dict) -> tuple:
     for name, t in tensors.items():
         if t is None or t.shape[-1] % 8:
             continue  # head dims not a multiple of 8 are padded (copied) before a native call
-        strides = t.stride()
-        if t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in strides[:-1]):
-            continue
-        if t.data_ptr() % 16:
+        strides, ptr = t.stride(), t.data_ptr()
+        # the gcd of the outer strides is a multiple of 8 iff each of them is (one C call)
+        if ptr % 16:
             problems.append(f"{name} data pointer is not 16-byte aligned")
-        if any(s % 8 for s in strides[:-1]):
+        if math.gcd(*strides[:-1]) % 8:
             problems.append(f"{name} strides {tuple(strides)} are not multiples of 8 elements")
     return tuple(problems)
 
