@@ -58,6 +58,16 @@ constexpr auto kBias = kAlibi ? ck_tile::BlockAttentionBiasEnum::ALIBI
 template <int M, int N, int K>
 using Seq3 = ck_tile::sequence<M, N, K>;
 
+// ck_tile's tile shape for a forward tile-table entry (one-pass and split-KV). kTile refers to a
+// constexpr FwdTile of static storage, such as an instance's kTile member: C++17 takes no
+// class-type template parameters, but a reference to such an object is one.
+template <const FwdTile& kTile>
+using FwdTileShape = ck_tile::TileFmhaShape<
+    ck_tile::sequence<kTile.m0, kTile.n0, kTile.k0, kTile.n1, kTile.k1, kTile.k0_max>,
+    Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>, Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
+    Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>, Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
+    /*IsVLayoutRowMajor=*/true>;
+
 namespace {
 
 // Internal linkage: two translation units may instantiate the same ck_tile kernel type with a

@@ -21,13 +21,7 @@ struct FwdInstance {
   static constexpr bool kPadD = kAsync || T::kPadHeadDim;
 
   using DType = typename CkType<T::kDType>::type;
-  using Shape = ck_tile::TileFmhaShape<
-      ck_tile::sequence<kTile.m0, kTile.n0, kTile.k0, kTile.n1, kTile.k1, kTile.k0_max>,
-      Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>,
-      Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
-      Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>,
-      Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
-      /*IsVLayoutRowMajor=*/true>;
+  using Shape = FwdTileShape<kTile>;
   // Sequence tails are masked at run time: varlen cannot know them at compile time, and in
   // batch mode the check costs less than a second instance per shape.
   using Features = ck_tile::TileFmhaTraits</*kPadSeqLenQ=*/true, /*kPadSeqLenK=*/true, kPadD, kPadD,

@@ -22,13 +22,7 @@ struct SplitInstance {
                 "pages must hold whole key tiles");
 
   using DType = typename CkType<T::kDType>::type;
-  using Shape = ck_tile::TileFmhaShape<
-      ck_tile::sequence<kTile.m0, kTile.n0, kTile.k0, kTile.n1, kTile.k1, kTile.k0_max>,
-      Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>,
-      Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
-      Seq3<kTile.warps_m, kTile.warps_n, kTile.warps_k>,
-      Seq3<kTile.warp_m, kTile.warp_n, kTile.warp_k>,
-      /*IsVLayoutRowMajor=*/true>;
+  using Shape = FwdTileShape<kTile>;
   // kHasUnevenSplits: a split's key range need not be whole tiles (checked per tile at run time,
   // one instance for every seqlen_k / num_splits).
   using Features = ck_tile::TileFmhaFwdSplitKVTraits<
