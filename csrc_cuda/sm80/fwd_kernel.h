@@ -37,13 +37,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
 
   // Global tiles
   const int hk = h / p.group;
-  auto head_tensor = [&](TensorRef const& t, int64_t offset, int rows) {
-    return make_tensor(make_gmem_ptr(static_cast<Element*>(t.ptr) + offset),
-                       make_shape(rows, Int<kHeadDim>{}), make_stride(t.row_stride, _1{}));
-  };
-  Tensor mQ = head_tensor(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
-  Tensor mK = head_tensor(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
-  Tensor mV = head_tensor(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
+  Tensor mQ = head_tensor<Element, kHeadDim>(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
+  Tensor mK = head_tensor<Element, kHeadDim>(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
+  Tensor mV = head_tensor<Element, kHeadDim>(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
   Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));  // (kBlockM, kHeadDim)
   Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)
   Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)

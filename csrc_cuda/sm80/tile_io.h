@@ -5,9 +5,18 @@
 
 #include <cute/tensor.hpp>
 
+#include "../common/params.h"
+
 namespace fa::sm80 {
 
 using namespace cute;
+
+// The (rows, kHeadDim) global tensor of one head of t, starting offset elements into it.
+template <class Element, int kHeadDim>
+__device__ __forceinline__ auto head_tensor(TensorRef const& t, int64_t offset, int rows) {
+  return make_tensor(make_gmem_ptr(static_cast<Element*>(t.ptr) + offset), make_shape(rows, Int<kHeadDim>{}),
+                     make_stride(t.row_stride, _1{}));
+}
 
 // cp.async of a partitioned tile, (CPY, CPY_ROWS, CPY_COLS); chunks whose first row or column is
 // out of range are zero-filled in shared memory instead, so padding rows and head-dim columns
