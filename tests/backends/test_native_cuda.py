@@ -164,7 +164,7 @@ def test_alibi(per_batch, causal):
 @pytest.mark.parametrize("hk", [1, 2])
 @pytest.mark.parametrize("causal", [False, True])
 def test_gqa(hk, causal):
-    _need(64, bwd=True)
+    _need(64, torch.float16, bwd=True)
     q, k, v = qkv(2, 130, 210, 6, hk, 64, torch.float16)
     compare(q, k, v, AttnArgs(softmax_scale=0.125, window_right=0 if causal else -1), case=f"gqa hk={hk}")
 
@@ -202,7 +202,7 @@ def test_seqused_k(causal):
 
 def test_fully_masked_rows():
     """Rows that see no key output exactly 0, lse = +inf, and get zero gradients."""
-    _need(64, bwd=True)
+    _need(64, torch.float16, bwd=True)
     q, k, v = qkv(2, 50, 10, 2, 2, 64, torch.float16)
     args = AttnArgs(softmax_scale=0.125, window_right=0)  # row i sees keys j <= i - 40
     out, lse = compare(q, k, v, args, case="fully masked")
@@ -252,11 +252,11 @@ def test_deterministic_is_bitwise_reproducible():
 @pytest.mark.parametrize("d", [96, 192, 256])
 def test_arch_rows(arch, d):
     """fa_problem.arch picks the tile table row: each row's tiles run (on a newer device)."""
-    _need(d, bwd=True)
+    _need(d, torch.bfloat16, bwd=True)
     major, minor = torch.cuda.get_device_capability()
     if arch > major * 10 + minor:
         pytest.skip("device older than the row")
-    q, k, v = qkv(2, 300, 333, 2, 2, d, torch.float16)
+    q, k, v = qkv(2, 300, 333, 2, 2, d, torch.bfloat16)
     compare(q, k, v, AttnArgs(softmax_scale=d ** -0.5, window_right=0), arch=arch, case=f"arch {arch} d{d}")
 
 
@@ -270,7 +270,7 @@ def test_rtz():
 
 
 def test_unaligned_strides_are_handled():
-    _need(64, bwd=True)
+    _need(64, torch.float16, bwd=True)
     big = rand(2, 100, 3, 72, dtype=torch.float16)
     q = big[..., 1:65]  # pointer off by 2 bytes: the binding copies it
     k, v = rand(2, 90, 3, 64, dtype=torch.float16), rand(2, 90, 3, 64, dtype=torch.float16)
@@ -278,7 +278,7 @@ def test_unaligned_strides_are_handled():
 
 
 def test_unsupported_feature_raises():
-    _need(64)
+    _need(64, torch.float16)
     q, k, v = qkv(1, 16, 16, 1, 1, 64, torch.float16)
     bt = torch.zeros(1, 1, dtype=torch.int32, device=DEV)
     with pytest.raises(RuntimeError, match="block_table"):
