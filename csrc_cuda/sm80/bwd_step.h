@@ -61,12 +61,21 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
 }
 
 // Writes a (MMA, MMA_M, MMA_N) fp32 fragment as 16-bit pairs into a (rows, cols) smem tile.
+// Addressing: a thread's coordinates are its first coordinate plus static offsets, in disjoint
+// bits (the MMA layout puts lane and warp bits and value bits apart), and the tile's layout
+// (power-of-two swizzle atoms tiled a power-of-two number of times) maps coordinate bits to offset
+// bits linearly over GF(2). So every address is the first one XOR a compile-time constant: one
+// live register per tile where a per-pair address kept 16 live across the main loop, and spilled.
 template <class Element, class Acc, class Coord, class SmemTensor>
 __device__ __forceinline__ void store_fragment_smem(Acc const& acc, Coord const& tScS, SmemTensor& smem, bool rtz) {
+  static_assert(has_single_bit(uint32_t(decltype(size<0>(smem))::value)) &&
+                has_single_bit(uint32_t(decltype(size<1>(smem))::value)));
+  const int row0 = get<0>(tScS(0)), col0 = get<1>(tScS(0));
+  const int base = smem.layout()(row0, col0);
 #pragma unroll
   for (int i = 0; i < size(acc) / 2; ++i) {
-    const int row = get<0>(tScS(2 * i)), col = get<1>(tScS(2 * i));
-    *reinterpret_cast<uint32_t*>(&smem(row, col)) = pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
+    const int offset = base ^ smem.layout()(get<0>(tScS(2 * i)) - row0, get<1>(tScS(2 * i)) - col0);
+    *reinterpret_cast<uint32_t*>(raw_pointer_cast(smem.data() + offset)) = pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
   }
 }
 
