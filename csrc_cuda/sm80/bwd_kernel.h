@@ -179,12 +179,14 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   for (int m = m_lo; m < m_hi; ++m) {
     const TileRows tile{m * kBlockM, col0, mask.tile_is_partial<kBlockM, kBlockN>(m, n_block),
                         uint32_t(b * p.nheads + h)};
-    float lse_log2[kRows], dsum_r[kRows];
+    // Loads clamped to the last row, not predicated: a select on the loaded value here would wait
+    // for the load; scores_to_p_ds makes rows past the end invisible after the two products.
+    float lse_r[kRows], dsum_r[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const int row = tile.row0 + get<0>(rows_of_s(r, 0));
-      lse_log2[r] = row < seq.seqlen_q ? lse[row] * float(M_LOG2E) : INFINITY;
-      dsum_r[r] = row < seq.seqlen_q ? dsum[row] : 0.f;
+      const int row = min(tile.row0 + get<0>(rows_of_s(r, 0)), seq.seqlen_q - 1);
+      lse_r[r] = lse[row];
+      dsum_r[r] = dsum[row];
     }
     cp_async_wait<0>();
     __syncthreads();  // Q(m), dO(m) (and K, V) landed; every warp is done reading dS(m-1)
@@ -196,9 +198,9 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
     if (tile.partial) {
-      scores_to_p_ds<true>(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+      scores_to_p_ds<true>(acc_s, acc_dp, tScS, tile, lse_r, dsum_r, mask, mod, p, f);
     } else {
-      scores_to_p_ds<false>(acc_s, acc_dp, tScS, tile, lse_log2, dsum_r, mask, mod, p, f);
+      scores_to_p_ds<false>(acc_s, acc_dp, tScS, tile, lse_r, dsum_r, mask, mod, p, f);
     }
     store_fragment_smem<Element>(acc_s, tScS, sP, f.rtz);
     store_fragment_smem<Element>(acc_dp, tScS, sdS, f.rtz);

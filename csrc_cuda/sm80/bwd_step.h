@@ -22,14 +22,15 @@ struct TileRows {
   uint32_t bh;           // dropout stream of this (batch, head)
 };
 
-// acc_s: raw q.k, acc_dp: dO.v; both (MMA, MMA_M, MMA_N) with coordinates tScS. lse_log2 and
-// dsum hold, per row of the rowcol view, lse * log2(e) (+inf past the sequence) and D.
+// acc_s: raw q.k, acc_dp: dO.v; both (MMA, MMA_M, MMA_N) with coordinates tScS. lse and dsum
+// hold, per row of the rowcol view, the row's lse and D (rows past seqlen_q hold the last row's;
+// their probabilities are zeroed here, through lse = +inf).
 // On return acc_s holds P with dropped entries zeroed and acc_dp holds dS.
 // kPartial: some element of the tile needs the visibility mask. The caller branches once per tile
 // so that full tiles (nearly all of them) carry no per-element comparisons.
 template <bool kPartial, int kRows, class Acc, class Coord>
 __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord const& tScS, TileRows const& t,
-                                               float const (&lse_log2)[kRows], float const (&dsum)[kRows],
+                                               float const (&lse)[kRows], float const (&dsum)[kRows],
                                                Mask const& mask, ScoreMod const& mod, AttnParams const& p,
                                                Features const& f) {
   Tensor s = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
@@ -39,6 +40,7 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
   const float mult = f.score_mod ? float(M_LOG2E) : p.scale_log2;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
+    const float lse_log2 = t.row0 + get<0>(c(r, 0)) < mask.seqlen_q ? lse[r] * float(M_LOG2E) : INFINITY;
 #pragma unroll
     for (int j = 0; j < size<1>(s); j += 2) {
       const int row = t.row0 + get<0>(c(r, j)), col = t.col0 + get<1>(c(r, j));
@@ -51,7 +53,7 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
         float x = s(r, j + e), dtanh = 1.f;
         if (f.score_mod) { x = mod.logit(x, row, col + e, dtanh); }
         if (kPartial && !mask.visible(row, col + e)) { x = -INFINITY; }
-        const float prob = fast_exp2(x * mult - lse_log2[r]);
+        const float prob = fast_exp2(x * mult - lse_log2);
         const float dprob = !f.dropout ? dp(r, j + e) : keep[e] ? dp(r, j + e) * p.rp_dropout : 0.f;
         dp(r, j + e) = prob * (dprob - dsum[r]) * dtanh;
         s(r, j + e) = keep[e] ? prob : 0.f;
