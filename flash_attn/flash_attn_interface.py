@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
-from . import ops
+from . import fastpath, ops
 from .kvcache import flash_attn_with_kvcache  # noqa: F401  (public API)
 
 
@@ -46,6 +46,10 @@ def _check_dense(q, k, v):
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """Attention over dense batches. See the module docstring for shapes and return values."""
+    if not dropout_p and alibi_slopes is None and not return_attn_probs:
+        out = fastpath.dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, _check_dense)
+        if out is not None:
+            return out
     _check_dense(q, k, v)
     return _run(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,

@@ -97,6 +97,43 @@ _BWD_HEAD = (ABI_VERSION, ctypes.sizeof(_BwdParams))
 _BWD_WORKSPACE_AT = _BwdParams.workspace.offset
 
 
+def _offsets(cls, *paths: str) -> tuple:
+    """Byte offsets of (possibly nested, dotted) fields of a params struct."""
+    def one(path):
+        c, off = cls, 0
+        for name in path.split("."):
+            off += getattr(c, name).offset
+            c = dict(c._fields_)[name]
+        return off
+    return tuple(one(p) for p in paths)
+
+
+# The pointers of one call, in the order PackedCall takes them; everything else in a params struct
+# follows from shapes, strides, dtypes, scalars and flags.
+_FWD_POINTERS = _offsets(_FwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "lse")
+_BWD_POINTERS = _offsets(_BwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "dout.ptr", "lse",
+                         "dq.ptr", "dk.ptr", "dv.ptr", "workspace")
+
+
+class PackedCall:
+    """A params struct packed once for one call signature; a call sets only its pointers. Not
+    shared between threads (the pointers are written into the struct)."""
+
+    def __init__(self, fn, packer: struct.Struct, values: tuple, pointer_offsets: tuple, check, what: str):
+        self.buf = ctypes.create_string_buffer(packer.size)
+        packer.pack_into(self.buf, 0, *values)
+        self.addr = ctypes.addressof(self.buf)
+        self._slots = tuple(ctypes.c_uint64.from_buffer(self.buf, off) for off in pointer_offsets)
+        self._fn, self._check, self._what = fn, check, what
+
+    def __call__(self, *pointers: int) -> None:
+        for slot, ptr in zip(self._slots, pointers):
+            slot.value = ptr
+        status = self._fn(self.addr)
+        if status:
+            self._check(status, self._what)
+
+
 def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -134,6 +171,16 @@ def _tensor(t: torch.Tensor) -> tuple:
     if t.dim() == 3:
         return (t.data_ptr(), 0, s[0], s[1])
     return (t.data_ptr(), s[0], s[1], s[2])
+
+
+def _fwd_values(q, k, v, args: AttnArgs, out, lse, arch: int, stream: int) -> tuple:
+    return (*_FWD_HEAD, *_problem(q, k, args, arch, stream), *_tensor(q), *_tensor(k), *_tensor(v), *_tensor(out),
+            lse.data_ptr(), args.num_splits, 0)
+
+
+def _bwd_values(dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv, arch: int, stream: int) -> tuple:
+    return (*_BWD_HEAD, *_problem(q, k, args, arch, stream), *_tensor(q), *_tensor(k), *_tensor(v), *_tensor(out),
+            *_tensor(dout), lse.data_ptr(), *_tensor(dq), *_tensor(dk), *_tensor(dv), 0)
 
 
 class NativeLibrary:
@@ -181,21 +228,49 @@ class NativeLibrary:
 
     def _fits(self, *tensors) -> bool:
         """Whether every tensor meets the library's alignment needs (16-byte chunks of a row)."""
-        m, a = self._stride_multiple, self._ptr_align
+        a = self._ptr_align
+        return self.strides_fit(*tensors) and not any(t.data_ptr() % a for t in tensors)
+
+    def strides_fit(self, *tensors) -> bool:
+        m = self._stride_multiple
         for t in tensors:
             s = t.stride()
             # the gcd of the outer strides is a multiple of m iff each of them is (one C call)
-            if s[-1] != 1 or t.data_ptr() % a or math.gcd(*s[:-1]) % m:
+            if s[-1] != 1 or math.gcd(*s[:-1]) % m:
                 return False
         return True
+
+    @property
+    def pointer_mask(self) -> int:
+        """A pointer p meets the library's alignment iff p & pointer_mask == 0."""
+        return self._ptr_align - 1
+
+    def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int) -> Optional[PackedCall]:
+        """The forward of this signature as a PackedCall (pointers: stream, q, k, v, out, lse), or
+        None when it needs what a PackedCall does not carry (padding, copies, a workspace)."""
+        if q.shape[-1] % self._dim_multiple or self._fwd_workspace or not self.strides_fit(q, k, v, out):
+            return None
+        return PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0), _FWD_POINTERS,
+                          self._check, "forward")
+
+    def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,
+                        arch: int) -> Optional[tuple]:
+        """(PackedCall, workspace bytes) for the backward of this signature (pointers: stream, q,
+        k, v, out, dout, lse, dq, dk, dv, workspace), or None as packed_forward."""
+        if q.shape[-1] % self._dim_multiple or not self.strides_fit(dout, q, k, v, out, dq, dk, dv):
+            return None
+        call = PackedCall(self._lib.fa_bwd, _BWD, _bwd_values(dout, q, k, v, out, lse, args, dq, dk, dv, arch, 0),
+                          _BWD_POINTERS, self._check, "backward")
+        _, _, _, _, size, size_addr = self._buffers()
+        self._check(self._lib.fa_bwd_workspace_size(call.addr, size_addr), "backward workspace query")
+        return call, size.value
 
     def forward(self, q, k, v, args: AttnArgs, out, lse, arch: int = 0) -> None:
         d = q.shape[-1]
         if d % self._dim_multiple or not self._fits(q, k, v, out):
             return self._forward_aligned(q, k, v, args, out, lse, arch)
         fwd, fwd_addr, _, _, size, size_addr = self._buffers()
-        _FWD.pack_into(fwd, 0, *_FWD_HEAD, *_problem(q, k, args, arch, _stream(q.device)), *_tensor(q),
-                       *_tensor(k), *_tensor(v), *_tensor(out), lse.data_ptr(), args.num_splits, 0)
+        _FWD.pack_into(fwd, 0, *_fwd_values(q, k, v, args, out, lse, arch, _stream(q.device)))
         if self._fwd_workspace:
             self._check(self._lib.fa_fwd_workspace_size(fwd_addr, size_addr), "forward workspace query")
         if self._fwd_workspace and size.value:
@@ -208,9 +283,7 @@ class NativeLibrary:
         if d % self._dim_multiple or not self._fits(dout, q, k, v, out, dq, dk, dv):
             return self._backward_aligned(dout, q, k, v, out, lse, args, dq, dk, dv, arch)
         _, _, bwd, bwd_addr, size, size_addr = self._buffers()
-        _BWD.pack_into(bwd, 0, *_BWD_HEAD, *_problem(q, k, args, arch, _stream(q.device)), *_tensor(q),
-                       *_tensor(k), *_tensor(v), *_tensor(out), *_tensor(dout), lse.data_ptr(), *_tensor(dq),
-                       *_tensor(dk), *_tensor(dv), 0)
+        _BWD.pack_into(bwd, 0, *_bwd_values(dout, q, k, v, out, lse, args, dq, dk, dv, arch, _stream(q.device)))
         self._check(self._lib.fa_bwd_workspace_size(bwd_addr, size_addr), "backward workspace query")
         ws = None
         if size.value:

@@ -1,0 +1,132 @@
+"""The per-signature fast path of eager dense calls (flash_attn_func and its packed variants
+without dropout, ALiBi or returned probabilities).
+
+Host time matters for decoding and small shapes, and the general path spends tens of
+microseconds per call re-deriving what a call's signature (shapes, strides, dtypes, devices,
+scalars, flags) already determines: the argument checks, the backend choice and the params
+struct. The first call of a signature runs the general path's checks and choice and keeps the
+outcome as a plan; later calls pay a dict lookup, the output allocations and the library call.
+Whatever a plan does not cover (a backend other than a native library, a head dim that needs
+padding, a misaligned pointer, a dout laid out unlike out, flags changed between forward and
+backward) takes the general path, which is unchanged. Plans are per thread: a plan's params
+struct is rewritten by each call.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import torch
+
+from . import _validate as V
+from . import ops
+from .backends import native, registry
+from .dispatch import flags as flagmod
+
+_MAX_PLANS = 512
+_local = threading.local()
+_SCALAR_TYPES = (float, int, type(None))
+
+
+class _Plan:
+    def __init__(self, lib, device, fwd, lse_shape, bwd, ws_bytes, bwd_state, general_args):
+        self.lib, self.device, self.fwd, self.lse_shape = lib, device, fwd, lse_shape
+        self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
+        self.general_args = general_args  # backward_impl's scalars, for the general path
+        self.mask = lib.pointer_mask
+
+    def forward(self, q, k, v):
+        out = torch.empty_like(q)
+        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        self.fwd(native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                 lse.data_ptr())
+        return out, lse
+
+    def backward(self, dout, q, k, v, out, lse):
+        if (self.bwd is None or dout.stride() != out.stride() or dout.data_ptr() & self.mask
+                or _bwd_state() != self.bwd_state):
+            return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, None, None, 0, 0,
+                                     *self.general_args)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
+        self.bwd(native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                 dout.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                 0 if ws is None else ws.data_ptr())
+        return dq, dk, dv
+
+
+class _PlannedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan):
+        out, lse = plan.forward(q, k, v)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*ctx.plan.backward(dout, q, k, v, out, lse), None)
+
+
+def _bwd_state() -> tuple:
+    """What the backend choice of a backward reads besides the signature."""
+    return flagmod.read(), torch.are_deterministic_algorithms_enabled()
+
+
+def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
+    """out, or None when the call must take the general path. check(q, k, v): the caller's
+    argument checks, run when a signature is first seen (they raise as the general path would)."""
+    if torch.compiler.is_compiling() or type(softmax_scale) not in _SCALAR_TYPES \
+            or type(softcap) not in _SCALAR_TYPES or type(window_size) is not tuple:
+        return None
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype,
+           q.device, k.device, v.device, softmax_scale, bool(causal), window_size, softcap,
+           bool(deterministic), grad, _bwd_state())
+    plans = getattr(_local, "plans", None)
+    if plans is None:
+        plans = _local.plans = {}
+    plan = plans.get(key)
+    if plan is None:
+        check(q, k, v)
+        plan = _make_plan(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, grad) or False
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plans[key] = plan
+    if plan is False or (q.data_ptr() | k.data_ptr() | v.data_ptr()) & plan.mask:
+        return None
+    if grad:
+        return _PlannedAttention.apply(q, k, v, plan)
+    return plan.forward(q, k, v)[0]
+
+
+def _make_plan(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, grad) -> Optional[_Plan]:
+    scale = V.scalars(0.0, softcap, softmax_scale, q.shape[-1])
+    left, right = V.window(window_size, causal)
+    softcap = float(softcap)
+    fwd_args, flags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, None, None, 0, 0)
+    impl, choice = registry.choose(registry.request("fwd", q, k, fwd_args, v=v), q.device, flags)
+    if not isinstance(impl, registry.NativeBackend):
+        return None
+    lib = registry.native_library(impl.library)
+    out = torch.empty_like(q)
+    lse_shape = ops._lse_shape(q, None)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    fwd = lib.packed_forward(q, k, v, fwd_args, out, lse, choice.target.sm)
+    if fwd is None:
+        return None
+    general_args = (scale, left, right, softcap, 0.0, bool(deterministic))
+    bwd, ws_bytes = None, 0
+    if grad:
+        bwd_args, bflags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, None, None, 0, 0,
+                                     deterministic=bool(deterministic))
+        bimpl, bchoice = registry.choose(registry.request("bwd", q, k, bwd_args, v=v, out=out, dout=out),
+                                         q.device, bflags)
+        if isinstance(bimpl, registry.NativeBackend):
+            blib = registry.native_library(bimpl.library)
+            packed = blib.packed_backward(out, q, k, v, out, lse, bwd_args, torch.empty_like(q), torch.empty_like(k),
+                                          torch.empty_like(v), bchoice.target.sm)
+            if packed is not None:
+                bwd, ws_bytes = packed
+    return _Plan(lib, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)

@@ -1,0 +1,154 @@
+"""The per-signature fast path (flash_attn/fastpath.py) against the general path, on the CPU: a
+stub library with the C ABI records the params struct of each call, and the dispatcher is told
+the device is an sm90 GPU. A plan must pass the library exactly what the general path passes
+(pointers aside, which are checked against the tensors), and fall back where it does not apply."""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import flash_attn
+from flash_attn import fastpath, ops
+from flash_attn.backends import native, registry
+from flash_attn.dispatch import hardware
+
+REPO = Path(__file__).resolve().parents[2]
+STUB = r"""
+#include <stddef.h>
+#include <string.h>
+static unsigned char last[2][4096];
+int fa_abi_version(void) { return %d; }
+const char* fa_build_info(void) { return %s; }
+const char* fa_last_error(void) { return ""; }
+int fa_fwd_workspace_size(const void* p, size_t* b) { *b = 0; return 0; }
+int fa_bwd_workspace_size(const void* p, size_t* b) { *b = 4096; return 0; }
+static int keep(int which, const void* p) { memcpy(last[which], p, ((const unsigned*)p)[1]); return 0; }
+int fa_fwd(const void* p) { return keep(0, p); }
+int fa_bwd(const void* p) { return keep(1, p); }
+void stub_last(int which, void* out, size_t n) { memcpy(out, last[which], n); }
+"""
+
+
+@pytest.fixture
+def stub(tmp_path, monkeypatch):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found: the stub library cannot be built")
+    spec = importlib.util.spec_from_file_location("cuda_generate", REPO / "csrc_cuda" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    info = generate.build_info([80, 90], 90, list(generate.HEAD_DIMS), ["fp16", "bf16"], ["fwd", "bwd"])
+    src = tmp_path / "stub.c"
+    src.write_text(STUB % (native.ABI_VERSION, json.dumps(json.dumps(info))))
+    lib_path = tmp_path / "libflash_attn_cuda.so"
+    subprocess.run([gcc, "-O1", "-shared", "-fPIC", "-o", str(lib_path), str(src)], check=True)
+    monkeypatch.setenv("FLASH_ATTENTION_LIB_DIR", str(tmp_path))
+    sm90 = hardware.cuda_target(9, 0, 227 * 1024, "stub", None)
+    monkeypatch.setattr(registry.dispatch, "detect", lambda device, override=None: sm90)
+    monkeypatch.setattr(native, "_stream", lambda device: 0)
+
+    def reset():
+        registry._load.cache_clear()
+        registry._select.cache_clear()
+        fastpath._local.plans = {}
+
+    reset()
+    lib = ctypes.CDLL(str(lib_path))
+    lib.stub_last.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    yield lib
+    reset()
+
+
+def _last(lib, which: int) -> bytes:
+    size = ctypes.sizeof(native._FwdParams if which == 0 else native._BwdParams)
+    buf = ctypes.create_string_buffer(size)
+    lib.stub_last(which, buf, size)
+    return buf.raw
+
+
+def _pointers(raw: bytes, offsets) -> list:
+    return [int.from_bytes(raw[o:o + 8], "little") for o in offsets]
+
+
+def _without_pointers(raw: bytes, offsets) -> bytes:
+    b = bytearray(raw)
+    for o in offsets:
+        b[o:o + 8] = bytes(8)
+    return bytes(b)
+
+
+def _qkv(b=2, sq=37, sk=53, h=4, hk=2, d=64, grad=False):
+    make = lambda s, n: torch.randn(b, s, n, d, dtype=torch.bfloat16).requires_grad_(grad)  # noqa: E731
+    return make(sq, h), make(sk, hk), make(sk, hk)
+
+
+@pytest.mark.parametrize("kw", [{}, {"causal": True}, {"window_size": (8, 0), "softcap": 30.0},
+                                {"softmax_scale": 0.3}])
+def test_forward_struct_matches_general_path(stub, kw):
+    q, k, v = _qkv()
+    out = flash_attn.flash_attn_func(q, k, v, **kw)
+    fast = _last(stub, 0)
+    plan = next(iter(fastpath._local.plans.values()))
+    assert plan, "the call should have been planned"
+    assert _pointers(fast, native._FWD_POINTERS)[1:5] == [q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()]
+    # the general path, on the same tensors
+    out2, lse, _, _ = ops.forward_impl(q, k, v, None, None, None, None, None, None, None, 0, 0,
+                                       kw.get("softmax_scale", 64 ** -0.5),
+                                       *flash_attn._validate.window(kw.get("window_size", (-1, -1)),
+                                                                    kw.get("causal", False)),
+                                       kw.get("softcap", 0.0), 0.0, False, 0)
+    general = _last(stub, 0)
+    assert _without_pointers(fast, native._FWD_POINTERS) == _without_pointers(general, native._FWD_POINTERS)
+    assert out.shape == out2.shape and out.stride() == out2.stride()
+
+
+def test_backward_struct_matches_general_path(stub):
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v, causal=True)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    fast = _last(stub, 1)
+    ptrs = _pointers(fast, native._BWD_POINTERS)
+    assert ptrs[1:4] == [q.data_ptr(), k.data_ptr(), v.data_ptr()]
+    assert ptrs[5] == dout.data_ptr() and ptrs[7:10] == [dq.data_ptr(), dk.data_ptr(), dv.data_ptr()]
+    assert ptrs[10] != 0  # the stub asked for a workspace
+    lse = torch.empty(ops._lse_shape(q, None), dtype=torch.float32)
+    ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, None, None, 0, 0, 64 ** -0.5, -1, 0, 0.0, 0.0,
+                      False)
+    general = _last(stub, 1)
+    assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
+
+
+def test_one_plan_per_signature_and_checks_on_first_sight(stub):
+    q, k, v = _qkv()
+    for _ in range(3):
+        flash_attn.flash_attn_func(q, k, v)
+    flash_attn.flash_attn_func(q, k, v, causal=True)
+    assert len(fastpath._local.plans) == 2
+    with pytest.raises(ValueError, match="dtype"):
+        flash_attn.flash_attn_func(q.float(), k.float(), v.float())
+
+
+def test_misaligned_and_unplannable_calls_take_the_general_path(stub):
+    q, k, v = _qkv()
+    big = torch.randn(2, 37, 4, 72, dtype=torch.bfloat16)
+    q_off = big[..., 1:65]  # pointer off by 2 bytes: the general path copies it
+    assert fastpath.dense(q_off, k, v, None, False, (-1, -1), 0.0, False, lambda *a: None) is None
+    flash_attn.flash_attn_func(q_off, k, v)  # runs (general path)
+    q60, k60, v60 = _qkv(d=60)  # head dim not a multiple of 8: padded by the general path
+    assert fastpath.dense(q60, k60, v60, None, False, (-1, -1), 0.0, False, lambda *a: None) is None
+    assert fastpath.dense(q, k, v, None, False, [-1, -1], 0.0, False, lambda *a: None) is None  # a list
+
+
+def test_reference_backend_is_not_planned():
+    q, k, v = _qkv()
+    fastpath._local.plans = {}
+    assert fastpath.dense(q, k, v, None, False, (-1, -1), 0.0, False, lambda *a: None) is None
+    assert list(fastpath._local.plans.values()) == [False]
