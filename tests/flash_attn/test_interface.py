@@ -13,7 +13,7 @@ import flash_attn
 from flash_attn import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
                         flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
                         flash_attn_varlen_qkvpacked_func)
-from flash_attn.backends import registry
+from flash_attn.backends import native, registry
 from flash_attn.bert_padding import pad_input, unpad_input
 from helpers import DTYPES, Oracle, check_lse, random_padding_mask, randn, round_toward_zero
 
@@ -352,13 +352,22 @@ def test_deterministic_backward_is_bitwise_reproducible(device, how, monkeypatch
 @pytest.mark.parametrize("how,expected", [("argument", True), ("env", True), ("env_off", False)])
 def test_deterministic_reaches_the_backend(device, how, expected, monkeypatch):
     """The backward receives deterministic=True from the argument or the environment flag (on the
-    CPU every result is reproducible anyway, so watch what the backend is told)."""
+    CPU every result is reproducible anyway, so watch what the backend is told): through a backend
+    object on the general path, through the params struct's flags on the fast path (fastpath.py)."""
     seen = []
     for impl in registry.IMPLEMENTATIONS.values():
         def spy(*a, _real=impl.backward, **kw):
             seen.append(a[6].deterministic)  # (dout, q, k, v, out, lse, args, ...)
             return _real(*a, **kw)
         monkeypatch.setattr(impl, "backward", spy)
+    flags_at, = native._offsets(native._BwdParams, "problem.flags")
+
+    def call_spy(self, *pointers, _real=native.PackedCall.__call__):
+        if self._what == "backward":
+            seen.append(bool(int.from_bytes(self.buf.raw[flags_at:flags_at + 4], "little")
+                             & native.FA_FLAG_DETERMINISTIC))
+        return _real(self, *pointers)
+    monkeypatch.setattr(native.PackedCall, "__call__", call_spy)
     monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_DETERMINISTIC", "1" if how == "env" else "0")
     q, k, v = _qkv(1, 16, 16, 2, 2, 64, torch.float16, device)
     out = flash_attn_func(q, k, v, deterministic=how == "argument")
