@@ -99,7 +99,11 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     clear(acc_s);
     cp_async_wait<0>();
     __syncthreads();  // K(n) landed; every warp is done reading V(n+1)
-    load_tile(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, seq.seqlen_k - col0, p.head_dim);
+    if (n == n_max - 1) {  // only the first (last-keyed) block can end past seqlen_k
+      load_tile(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, seq.seqlen_k - col0, p.head_dim);
+    } else {
+      load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
+    }
     cp_async_fence();
 
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma, s2r_q, s2r_k, tid);
@@ -109,7 +113,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     cp_async_wait<0>();
     __syncthreads();  // V(n) landed; every warp is done reading K(n)
     if (n > n_min) {
-      load_tile(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, seq.seqlen_k - col0 + kBlockN, p.head_dim);
+      load_tile<false>(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, kBlockN, p.head_dim);  // a full block
       cp_async_fence();
     }
 

@@ -21,13 +21,14 @@ __device__ __forceinline__ auto head_tensor(TensorRef const& t, int64_t offset, 
 // cp.async of a partitioned tile, (CPY, CPY_ROWS, CPY_COLS); chunks whose first row or column is
 // out of range are zero-filled in shared memory instead, so padding rows and head-dim columns
 // contribute zeros. Column chunks are 8 elements and head_dim is a multiple of 8, so a chunk is
-// either wholly in or wholly out.
-template <class TiledCopy, class TensorG, class TensorS, class TensorC>
+// either wholly in or wholly out. kCheckRows = false: the caller knows every row is in range
+// (a full tile), so no row coordinate or predicate stays live across a loop for it.
+template <bool kCheckRows = true, class TiledCopy, class TensorG, class TensorS, class TensorC>
 __device__ __forceinline__ void load_tile(TiledCopy const& copy, TensorG const& src, TensorS&& dst,
                                           TensorC const& coord, int max_rows, int max_cols) {
 #pragma unroll
   for (int m = 0; m < size<1>(dst); ++m) {
-    const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
+    const bool row_ok = !kCheckRows || get<0>(coord(0, m, 0)) < max_rows;
 #pragma unroll
     for (int k = 0; k < size<2>(dst); ++k) {
       if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
