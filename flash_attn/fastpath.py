@@ -8,8 +8,9 @@ struct. The first call of a signature runs the general path's checks and choice 
 outcome as a plan; later calls pay a dict lookup, the output allocations and the library call.
 Whatever a plan does not cover (a backend other than a native library, a head dim that needs
 padding, a misaligned pointer, a dout laid out unlike out, flags changed between forward and
-backward) takes the general path, which is unchanged. Plans are per thread: a plan's params
-struct is rewritten by each call.
+backward) takes the general path, which is unchanged. Plans are per thread, since a plan's
+params struct is rewritten by each call; a plan's backward runs on the autograd engine's thread
+for the device, one at a time, with a struct of its own.
 """
 from __future__ import annotations
 
