@@ -1,11 +1,14 @@
-"""The per-signature fast path of eager dense calls (flash_attn_func and its packed variants
-without dropout, ALiBi or returned probabilities).
+"""The per-signature fast path of eager calls without dropout, ALiBi, a block table or returned
+probabilities: flash_attn_func, flash_attn_varlen_func and their packed variants.
 
 Host time matters for decoding and small shapes, and the general path spends tens of
 microseconds per call re-deriving what a call's signature (shapes, strides, dtypes, devices,
 scalars, flags) already determines: the argument checks, the backend choice and the params
 struct. The first call of a signature runs the general path's checks and choice and keeps the
 outcome as a plan; later calls pay a dict lookup, the output allocations and the library call.
+A varlen signature leaves out the max sequence lengths, which change from call to call and are
+written into the struct with the pointers; its backward takes the general path (its workspace
+grows with max_seqlen_q).
 Whatever a plan does not cover (a backend other than a native library, a head dim that needs
 padding, a misaligned pointer, a dout laid out unlike out, flags changed between forward and
 backward) takes the general path, which is unchanged. Plans are per thread, since a plan's
@@ -36,17 +39,22 @@ class _Plan:
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.mask = lib.pointer_mask
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, seq):
+        """seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)."""
         out = torch.empty_like(q)
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
-        self.fwd(native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                 lse.data_ptr())
+        ptrs = (native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr())
+        if seq is None:
+            self.fwd(*ptrs)
+        else:
+            self.fwd(*ptrs, seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr())
         return out, lse
 
-    def backward(self, dout, q, k, v, out, lse):
+    def backward(self, dout, q, k, v, out, lse, seq):
         if (self.bwd is None or dout.stride() != out.stride() or dout.data_ptr() & self.mask
                 or _bwd_state() != self.bwd_state):
-            return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, None, None, 0, 0,
+            cu_q, cu_k, max_q, max_k = seq if seq is not None else (None, None, 0, 0)
+            return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, max_q, max_k,
                                      *self.general_args)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
@@ -58,16 +66,16 @@ class _Plan:
 
 class _PlannedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, plan):
-        out, lse = plan.forward(q, k, v)
+    def forward(ctx, q, k, v, plan, seq):
+        out, lse = plan.forward(q, k, v, seq)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan = plan
+        ctx.plan, ctx.seq = plan, seq
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        return (*ctx.plan.backward(dout, q, k, v, out, lse), None)
+        return (*ctx.plan.backward(dout, q, k, v, out, lse, ctx.seq), None, None)
 
 
 def _bwd_state() -> tuple:
@@ -76,43 +84,60 @@ def _bwd_state() -> tuple:
 
 
 def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
-    """out, or None when the call must take the general path. check(q, k, v): the caller's
-    argument checks, run when a signature is first seen (they raise as the general path would)."""
+    """out, or None when the call must take the general path. check(): the caller's argument
+    checks, run when a signature is first seen (they raise as the general path would)."""
+    return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
+
+
+def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+           window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
+    """As dense, for flash_attn_varlen_func's arguments."""
+    if (type(cu_seqlens_q) is not torch.Tensor or type(cu_seqlens_k) is not torch.Tensor
+            or type(max_seqlen_q) is not int or type(max_seqlen_k) is not int or max_seqlen_q < 0 or max_seqlen_k < 0):
+        return None  # the general path checks (or converts) these
+    seq = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    sig = (cu_seqlens_q.shape, cu_seqlens_k.shape, cu_seqlens_q.dtype, cu_seqlens_k.dtype, cu_seqlens_q.device,
+           cu_seqlens_k.device)
+    return _run(q, k, v, seq, sig, softmax_scale, causal, window_size, softcap, deterministic, check)
+
+
+def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, deterministic, check):
     if torch.compiler.is_compiling() or type(softmax_scale) not in _SCALAR_TYPES \
             or type(softcap) not in _SCALAR_TYPES or type(window_size) is not tuple:
         return None
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype,
            q.device, k.device, v.device, softmax_scale, bool(causal), window_size, softcap,
-           bool(deterministic), grad, _bwd_state())
+           bool(deterministic), grad, _bwd_state(), seq_sig)
     plans = getattr(_local, "plans", None)
     if plans is None:
         plans = _local.plans = {}
     plan = plans.get(key)
     if plan is None:
-        check(q, k, v)
-        plan = _make_plan(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, grad) or False
+        check()
+        plan = _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, deterministic, grad) or False
         if len(plans) >= _MAX_PLANS:
             plans.clear()
         plans[key] = plan
     if plan is False or (q.data_ptr() | k.data_ptr() | v.data_ptr()) & plan.mask:
         return None
     if grad:
-        return _PlannedAttention.apply(q, k, v, plan)
-    return plan.forward(q, k, v)[0]
+        return _PlannedAttention.apply(q, k, v, plan, seq)
+    return plan.forward(q, k, v, seq)[0]
 
 
-def _make_plan(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, grad) -> Optional[_Plan]:
+def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, deterministic, grad) -> Optional[_Plan]:
     scale = V.scalars(0.0, softcap, softmax_scale, q.shape[-1])
     left, right = V.window(window_size, causal)
     softcap = float(softcap)
-    fwd_args, flags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, None, None, 0, 0)
+    cu_q, cu_k, max_q, max_k = seq if seq is not None else (None, None, 0, 0)
+    fwd_args, flags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, cu_q, cu_k, max_q, max_k)
     impl, choice = registry.choose(registry.request("fwd", q, k, fwd_args, v=v), q.device, flags)
     if not isinstance(impl, registry.NativeBackend):
         return None
     lib = registry.native_library(impl.library)
     out = torch.empty_like(q)
-    lse_shape = ops._lse_shape(q, None)
+    lse_shape = ops._lse_shape(q, cu_q)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     fwd = lib.packed_forward(q, k, v, fwd_args, out, lse, choice.target.sm)
     if fwd is None:
@@ -120,7 +145,7 @@ def _make_plan(q, k, v, softmax_scale, causal, window_size, softcap, determinist
     general_args = (scale, left, right, softcap, 0.0, bool(deterministic))
     bwd, ws_bytes = None, 0
     if grad:
-        bwd_args, bflags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, None, None, 0, 0,
+        bwd_args, bflags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, cu_q, cu_k, max_q, max_k,
                                      deterministic=bool(deterministic))
         bimpl, bchoice = registry.choose(registry.request("bwd", q, k, bwd_args, v=v, out=out, dout=out),
                                          q.device, bflags)

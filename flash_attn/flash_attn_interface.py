@@ -47,7 +47,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """Attention over dense batches. See the module docstring for shapes and return values."""
     if not dropout_p and alibi_slopes is None and not return_attn_probs:
-        out = fastpath.dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, _check_dense)
+        out = fastpath.dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic,
+                             lambda: _check_dense(q, k, v))
         if out is not None:
             return out
     _check_dense(q, k, v)
@@ -84,16 +85,24 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            return_attn_probs=False, block_table=None):
     """Packed variable-length sequences: q (total_q, nheads, headdim), k/v (total_k, nheads_k,
     headdim), or with block_table, paged k/v (num_blocks, page_block_size, nheads_k, headdim)."""
-    kv_doc = ("(num_blocks, page_block_size, nheads_k, headdim)" if block_table is not None
-              else "(total_k, nheads_k, headdim)")
-    V.check_qkv(q, k, v, "(total_q, nheads, headdim)", kv_doc)
-    batch = V.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, None)
-    V.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, batch)
-    max_q = V.check_max_seqlen("max_seqlen_q", max_seqlen_q)
-    max_k = V.check_max_seqlen("max_seqlen_k", max_seqlen_k)
-    if block_table is not None:
-        V.check_int_tensor("block_table", block_table, (batch, None), q.device,
-                           "(batch, max_num_blocks_per_seq)")
+    def check():
+        kv_doc = ("(num_blocks, page_block_size, nheads_k, headdim)" if block_table is not None
+                  else "(total_k, nheads_k, headdim)")
+        V.check_qkv(q, k, v, "(total_q, nheads, headdim)", kv_doc)
+        batch = V.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, None)
+        V.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, batch)
+        if block_table is not None:
+            V.check_int_tensor("block_table", block_table, (batch, None), q.device,
+                               "(batch, max_num_blocks_per_seq)")
+        return (V.check_max_seqlen("max_seqlen_q", max_seqlen_q),
+                V.check_max_seqlen("max_seqlen_k", max_seqlen_k))
+
+    if not dropout_p and alibi_slopes is None and not return_attn_probs and block_table is None:
+        out = fastpath.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                              softmax_scale, causal, window_size, softcap, deterministic, check)
+        if out is not None:
+            return out
+    max_q, max_k = check()
     return _run(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
                 deterministic=deterministic, return_attn_probs=return_attn_probs,

@@ -108,27 +108,38 @@ def _offsets(cls, *paths: str) -> tuple:
     return tuple(one(p) for p in paths)
 
 
-# The pointers of one call, in the order PackedCall takes them; everything else in a params struct
-# follows from shapes, strides, dtypes, scalars and flags.
+# The fields that change from call to call, in the order PackedCall takes them: the pointers, and
+# for varlen calls the max sequence lengths and the cu_seqlens pointers. Everything else in a params
+# struct follows from shapes, strides, dtypes, scalars and flags.
 _FWD_POINTERS = _offsets(_FwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "lse")
 _BWD_POINTERS = _offsets(_BwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "dout.ptr", "lse",
                          "dq.ptr", "dk.ptr", "dv.ptr", "workspace")
+_VARLEN_FIELDS = ("problem.seqlen_q", "problem.seqlen_k", "problem.cu_seqlens_q", "problem.cu_seqlens_k")
+_VARLEN_TYPES = (ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64)
+
+
+def _slots(cls, pointer_offsets: tuple, varlen: bool) -> tuple:
+    slots = tuple((off, ctypes.c_uint64) for off in pointer_offsets)
+    if varlen:
+        slots += tuple(zip(_offsets(cls, *_VARLEN_FIELDS), _VARLEN_TYPES))
+    return slots
 
 
 class PackedCall:
-    """A params struct packed once for one call signature; a call sets only its pointers. Not
-    shared between threads (the pointers are written into the struct)."""
+    """A params struct packed once for one call signature; a call sets only the fields that
+    change per call (slots: (offset, ctype) pairs). Not shared between threads (the fields are
+    written into the struct)."""
 
-    def __init__(self, fn, packer: struct.Struct, values: tuple, pointer_offsets: tuple, check, what: str):
+    def __init__(self, fn, packer: struct.Struct, values: tuple, slots: tuple, check, what: str):
         self.buf = ctypes.create_string_buffer(packer.size)
         packer.pack_into(self.buf, 0, *values)
         self.addr = ctypes.addressof(self.buf)
-        self._slots = tuple(ctypes.c_uint64.from_buffer(self.buf, off) for off in pointer_offsets)
+        self._slots = tuple(ctype.from_buffer(self.buf, off) for off, ctype in slots)
         self._fn, self._check, self._what = fn, check, what
 
-    def __call__(self, *pointers: int) -> None:
-        for slot, ptr in zip(self._slots, pointers):
-            slot.value = ptr
+    def __call__(self, *values: int) -> None:
+        for slot, value in zip(self._slots, values):
+            slot.value = value
         status = self._fn(self.addr)
         if status:
             self._check(status, self._what)
@@ -246,21 +257,24 @@ class NativeLibrary:
         return self._ptr_align - 1
 
     def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int) -> Optional[PackedCall]:
-        """The forward of this signature as a PackedCall (pointers: stream, q, k, v, out, lse), or
-        None when it needs what a PackedCall does not carry (padding, copies, a workspace)."""
+        """The forward of this signature as a PackedCall (stream, q, k, v, out, lse pointers; for
+        varlen then max_seqlen_q, max_seqlen_k and the cu_seqlens pointers), or None when it needs
+        what a PackedCall does not carry (padding, copies, a workspace)."""
         if q.shape[-1] % self._dim_multiple or self._fwd_workspace or not self.strides_fit(q, k, v, out):
             return None
-        return PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0), _FWD_POINTERS,
-                          self._check, "forward")
+        return PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0),
+                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None), self._check, "forward")
 
     def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,
                         arch: int) -> Optional[tuple]:
         """(PackedCall, workspace bytes) for the backward of this signature (pointers: stream, q,
-        k, v, out, dout, lse, dq, dk, dv, workspace), or None as packed_forward."""
-        if q.shape[-1] % self._dim_multiple or not self.strides_fit(dout, q, k, v, out, dq, dk, dv):
+        k, v, out, dout, lse, dq, dk, dv, workspace), or None as packed_forward. Not for varlen:
+        there the workspace grows with max_seqlen_q, which changes from call to call."""
+        if (args.cu_seqlens_q is not None or q.shape[-1] % self._dim_multiple
+                or not self.strides_fit(dout, q, k, v, out, dq, dk, dv)):
             return None
         call = PackedCall(self._lib.fa_bwd, _BWD, _bwd_values(dout, q, k, v, out, lse, args, dq, dk, dv, arch, 0),
-                          _BWD_POINTERS, self._check, "backward")
+                          _slots(_BwdParams, _BWD_POINTERS, False), self._check, "backward")
         _, _, _, _, size, size_addr = self._buffers()
         self._check(self._lib.fa_bwd_workspace_size(call.addr, size_addr), "backward workspace query")
         return call, size.value

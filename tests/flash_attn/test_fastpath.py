@@ -152,3 +152,47 @@ def test_reference_backend_is_not_planned():
     fastpath._local.plans = {}
     assert fastpath.dense(q, k, v, None, False, (-1, -1), 0.0, False, lambda *a: None) is None
     assert list(fastpath._local.plans.values()) == [False]
+
+
+def _varlen_general(q, k, v, cu_q, cu_k, max_q, max_k):
+    return ops.forward_impl(q, k, v, None, cu_q, cu_k, None, None, None, None, max_q, max_k, 64 ** -0.5, -1, 0,
+                            0.0, 0.0, False, 0)
+
+
+def test_varlen_forward_struct_matches_general_path_per_call(stub):
+    """One plan serves calls with other max_seqlens and cu_seqlens: those fields are per call."""
+    h, hk, d = 4, 2, 64
+    q = torch.randn(90, h, d, dtype=torch.bfloat16)
+    k, v = torch.randn(120, hk, d, dtype=torch.bfloat16), torch.randn(120, hk, d, dtype=torch.bfloat16)
+    for lens_q, lens_k in (([30, 60], [50, 70]), ([89, 1], [3, 117])):
+        cu_q = torch.tensor([0, lens_q[0], 90], dtype=torch.int32)
+        cu_k = torch.tensor([0, lens_k[0], 120], dtype=torch.int32)
+        max_q, max_k = max(lens_q), max(lens_k)
+        out = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=True)
+        fast = _last(stub, 0)
+        _varlen_general(q, k, v, cu_q, cu_k, max_q, max_k)
+        general = _last(stub, 0)
+        assert _pointers(fast, native._FWD_POINTERS)[1:5] == [q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                                              out.data_ptr()]
+        cu_at = native._offsets(native._FwdParams, "problem.cu_seqlens_q", "problem.cu_seqlens_k")
+        assert _pointers(fast, cu_at) == [cu_q.data_ptr(), cu_k.data_ptr()]
+        offsets = native._FWD_POINTERS + cu_at
+        assert _without_pointers(fast, offsets) == _without_pointers(general, offsets)
+    assert len(fastpath._local.plans) == 1
+
+
+def test_varlen_backward_takes_the_general_path(stub):
+    q = torch.randn(90, 4, 64, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(120, 2, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    cu_q, cu_k = torch.tensor([0, 30, 90], dtype=torch.int32), torch.tensor([0, 50, 120], dtype=torch.int32)
+    out = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 60, 70, causal=True)
+    plan = next(iter(fastpath._local.plans.values()))
+    assert plan and plan.bwd is None
+    dout = torch.randn_like(out)
+    torch.autograd.grad(out, (q, k, v), dout)
+    fast = _last(stub, 1)
+    lse = torch.empty(ops._lse_shape(q, cu_q), dtype=torch.float32)
+    ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, 60, 70, 64 ** -0.5, -1, 0, 0.0, 0.0,
+                      False)
+    general = _last(stub, 1)
+    assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
