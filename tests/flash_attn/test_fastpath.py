@@ -196,3 +196,16 @@ def test_varlen_backward_takes_the_general_path(stub):
                       False)
     general = _last(stub, 1)
     assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
+
+
+def test_flags_changed_before_backward_reach_it(stub, monkeypatch):
+    """The backward honours FLASH_ATTENTION_INTERNAL_DETERMINISTIC as set when it runs, as the
+    general path does, even though the forward's plan was made without it."""
+    monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_DETERMINISTIC", "0")
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_DETERMINISTIC", "1")
+    torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    flags_at, = native._offsets(native._BwdParams, "problem.flags")
+    flags = int.from_bytes(_last(stub, 1)[flags_at:flags_at + 4], "little")
+    assert flags & native.FA_FLAG_DETERMINISTIC
