@@ -30,14 +30,14 @@ from .dispatch import flags as flagmod
 _MAX_PLANS = 512
 _local = threading.local()
 _SCALAR_TYPES = (float, int, type(None))
+_DENSE = (None, None, 0, 0)  # a dense call's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
 
 
 class _Plan:
-    def __init__(self, lib, device, fwd, lse_shape, bwd, ws_bytes, bwd_state, general_args):
-        self.lib, self.device, self.fwd, self.lse_shape = lib, device, fwd, lse_shape
+    def __init__(self, mask, device, fwd, lse_shape, bwd, ws_bytes, bwd_state, general_args):
+        self.mask, self.device, self.fwd, self.lse_shape = mask, device, fwd, lse_shape
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
-        self.mask = lib.pointer_mask
 
     def forward(self, q, k, v, seq):
         """seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)."""
@@ -53,8 +53,7 @@ class _Plan:
     def backward(self, dout, q, k, v, out, lse, seq):
         if (self.bwd is None or dout.stride() != out.stride() or dout.data_ptr() & self.mask
                 or _bwd_state() != self.bwd_state):
-            cu_q, cu_k, max_q, max_k = seq if seq is not None else (None, None, 0, 0)
-            return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, max_q, max_k,
+            return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, *(seq or _DENSE),
                                      *self.general_args)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
@@ -130,7 +129,7 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
     scale = V.scalars(0.0, softcap, softmax_scale, q.shape[-1])
     left, right = V.window(window_size, causal)
     softcap = float(softcap)
-    cu_q, cu_k, max_q, max_k = seq if seq is not None else (None, None, 0, 0)
+    cu_q, cu_k, max_q, max_k = seq or _DENSE
     fwd_args, flags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, cu_q, cu_k, max_q, max_k)
     impl, choice = registry.choose(registry.request("fwd", q, k, fwd_args, v=v), q.device, flags)
     if not isinstance(impl, registry.NativeBackend):
@@ -155,4 +154,4 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
                                           torch.empty_like(v), bchoice.target.sm)
             if packed is not None:
                 bwd, ws_bytes = packed
-    return _Plan(lib, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
+    return _Plan(lib.pointer_mask, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)

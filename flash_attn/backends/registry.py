@@ -108,8 +108,8 @@ def features(args: AttnArgs, nheads: int, nheads_k: int, direction: str, return_
     return _feature_set((
         causal, not causal and (args.window_left >= 0 or args.window_right >= 0),
         args.alibi_slopes is not None, args.softcap > 0, args.dropout_p > 0, return_probs,
-        args.cu_seqlens_q is not None, nheads_k != nheads, args.seqused_k is not None,
-        args.leftpad_k is not None, args.kv_batch_idx is not None, args.block_table is not None, args.rtz,
+        args.is_varlen, nheads_k != nheads, args.seqused_k is not None,
+        args.leftpad_k is not None, args.kv_batch_idx is not None, args.is_paged, args.rtz,
         args.performance, args.deterministic and direction == "bwd"))
 
 
@@ -119,10 +119,10 @@ def _layout_problems(tensors: dict) -> tuple:
     for name, t in tensors.items():
         if t is None or t.shape[-1] % 8:
             continue  # head dims not a multiple of 8 are padded (copied) before a native call
-        strides, ptr = t.stride(), t.data_ptr()
-        # the gcd of the outer strides is a multiple of 8 iff each of them is (one C call)
-        if ptr % 16:
+        strides = t.stride()
+        if t.data_ptr() % 16:
             problems.append(f"{name} data pointer is not 16-byte aligned")
+        # the gcd of the outer strides is a multiple of 8 iff each of them is (one C call)
         if math.gcd(*strides[:-1]) % 8:
             problems.append(f"{name} strides {tuple(strides)} are not multiples of 8 elements")
     return tuple(problems)
@@ -137,7 +137,7 @@ def request(direction: str, q, k, args: AttnArgs, return_probs: bool = False, dr
     return _request(direction, dtype, q.shape[-1],
                     features(args, q.shape[-2], k.shape[-2], direction, return_probs),
                     _layout_problems({"q": q, "k": k, **tensors}), dropout_rng,
-                    k.shape[1] if args.block_table is not None else 0)
+                    k.shape[1] if args.is_paged else 0)
 
 
 @functools.lru_cache(maxsize=1024)
