@@ -27,4 +27,14 @@ cudaError_t allow_smem(int bytes) {
   return err;
 }
 
+// Launches a main kernel with its dynamic shared memory (opted into first where it needs more
+// than 48 KB); the launch's own error, if any, is returned.
+template <auto Kernel, class Params>
+cudaError_t launch_with_smem(dim3 grid, int threads, int smem_bytes, Params const& p, cudaStream_t stream) {
+  cudaError_t err = allow_smem<Kernel>(smem_bytes);
+  if (err != cudaSuccess) { return err; }
+  Kernel<<<grid, threads, smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace fa

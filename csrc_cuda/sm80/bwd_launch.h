@@ -18,12 +18,8 @@ using BwdTraitsFor =
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
-  constexpr auto kernel = &bwd_kernel<T, kAllFeatures>;
-  cudaError_t err = allow_smem<kernel>(T::kSmemBytes);
-  if (err != cudaSuccess) { return err; }
   const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
-  return cudaSuccess;
+  return launch_with_smem<&bwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
 }
 
 template <class T>

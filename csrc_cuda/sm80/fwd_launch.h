@@ -15,12 +15,8 @@ using FwdTraitsFor = FwdTraits<HeadDim, fwd_tile(Row, HeadDim).block_m, fwd_tile
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
-  constexpr auto kernel = &fwd_kernel<T, kAllFeatures>;
-  cudaError_t err = allow_smem<kernel>(T::kSmemBytes);
-  if (err != cudaSuccess) { return err; }
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch);
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_with_smem<&fwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
 }
 
 // The plain kernel unless the call needs a feature only the full one has.
