@@ -62,6 +62,45 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
   }
 }
 
+// The plain kernel's two halves of scores_to_p_ds (no score modifier, no dropout): P from S
+// alone, then dS from P and dP. Splitting lets the exponentials overlap the dP = dO V^T product,
+// which runs between the two (FlashAttention-2's order); the fused form needs both products first.
+// S of keys the mask hides must be -inf already (hide_invisible, in a branch of its own, so that
+// the exponentials and the product share one basic block for the scheduler to interleave).
+template <class Acc, class Coord>
+__device__ __forceinline__ void hide_invisible(Acc& acc_s, Coord const& tScS, TileRows const& t, Mask const& mask) {
+#pragma unroll
+  for (int i = 0; i < size(acc_s); ++i) {
+    if (!mask.visible(t.row0 + get<0>(tScS(i)), t.col0 + get<1>(tScS(i)))) { acc_s(i) = -INFINITY; }
+  }
+}
+
+template <int kRows, class Acc, class Coord>
+__device__ __forceinline__ void scores_to_p(Acc& acc_s, Coord const& tScS, TileRows const& t,
+                                            float const (&lse)[kRows], int seqlen_q, float scale_log2) {
+  Tensor s = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
+  Tensor c = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
+  static_assert(decltype(size<0>(s))::value == kRows);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float lse_log2 = t.row0 + get<0>(c(r, 0)) < seqlen_q ? lse[r] * float(M_LOG2E) : INFINITY;
+#pragma unroll
+    for (int j = 0; j < size<1>(s); ++j) { s(r, j) = fast_exp2(s(r, j) * scale_log2 - lse_log2); }
+  }
+}
+
+// acc_dp (dO.v) becomes dS = P * (dP - D); acc_p holds P from scores_to_p.
+template <int kRows, class Acc>
+__device__ __forceinline__ void p_to_ds(Acc const& acc_p, Acc& acc_dp, float const (&dsum)[kRows]) {
+  Tensor prob = make_tensor(acc_p.data(), rowcol_layout(acc_p.layout()));
+  Tensor dp = make_tensor(acc_dp.data(), rowcol_layout(acc_dp.layout()));
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int j = 0; j < size<1>(dp); ++j) { dp(r, j) = prob(r, j) * (dp(r, j) - dsum[r]); }
+  }
+}
+
 // Writes a (MMA, MMA_M, MMA_N) fp32 fragment as 16-bit pairs into a (rows, cols) smem tile.
 // Addressing: a thread's coordinates are its first coordinate plus static offsets, in disjoint
 // bits (the MMA layout puts lane and warp bits and value bits apart), and the tile's layout
