@@ -149,16 +149,21 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   clear(acc_dk);
   clear(acc_dv);
 
-  // dQ = dS K: (kBlockM x kHeadDim), K read transposed
+  // dQ = dS K in kDqPasses column slices of (kBlockM x kDqCols), K read transposed. A slice of K
+  // is whole swizzle atoms (atoms tile the rows first), so slice j is slice 0's layout j * kBlockN
+  // * kDqCols elements further on.
+  constexpr int kDqCols = T::kDqCols;
+  using LKslice = SmemTile<kBlockN, kDqCols>;
+  static_assert(T::kDqPasses == 1 || (kDqCols % LKV::kAtomCols == 0 && LKslice::kAtomCols == LKV::kAtomCols));
   typename T::MmaDq mma_dq;
   auto thr_dq = mma_dq.get_thread_slice(tid);
   Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
-  Tensor tdQrKt = thr_dq.partition_fragment_B(make_tensor(sK.data(), typename LKV::LayoutTNoSwizzle{}));
+  Tensor tdQrKt = thr_dq.partition_fragment_B(make_tensor(sK.data(), typename LKslice::LayoutTNoSwizzle{}));
   auto s2r_dq_a = make_tiled_copy_A(LdsmAtom<Element>{}, mma_dq);
   auto s2r_dq_b = make_tiled_copy_B(LdsmTransAtom<Element>{}, mma_dq);
   Tensor tdQsdS = s2r_dq_a.get_thread_slice(tid).partition_S(sdS);
-  Tensor tdQsKt = s2r_dq_b.get_thread_slice(tid).partition_S(sKt);
-  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tdQsKt = s2r_dq_b.get_thread_slice(tid).partition_S(make_tensor(sK.data(), typename LKslice::LayoutT{}));
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqCols>>{}));
 
   const ScoreMod mod(p, b, h, mask.diag());
   const float* lse = p.lse + seq.lse_offset(p, b, h, p.total_q);
@@ -223,21 +228,26 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
       cp_async_fence();
     }
 
-    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
-    clear(acc_dq);
-    gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, mma_dq, s2r_dq_a, s2r_dq_b, tid);
     int32_t* turn = nullptr;
-    if (p.deterministic) {
-      int n_first, n_end;
-      mask.key_blocks<kBlockM, kBlockN>(m, n_first, n_end);
-      turn = p.dq_locks + (int64_t(b) * p.nheads + h) * p.m_blocks + m;
-      wait_turn(turn, n_block - n_first);
-    }
-    float* dq_rows = dq_accum + int64_t(tile.row0) * dq_row_stride;
-    if (tile.row0 + kBlockM <= seq.seqlen_q && p.head_dim == kHeadDim) {
-      add_dq<false>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim);
-    } else {
-      add_dq<true>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim);
+    const bool dq_full = tile.row0 + kBlockM <= seq.seqlen_q && p.head_dim == kHeadDim;
+#pragma unroll
+    for (int j = 0; j < T::kDqPasses; ++j) {
+      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqCols>>{});  // (MMA, MMA_M, MMA_K)
+      clear(acc_dq);
+      Tensor tdQsKt_j = make_tensor(tdQsKt.data() + j * kBlockN * kDqCols, tdQsKt.layout());
+      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt_j, mma_dq, s2r_dq_a, s2r_dq_b, tid);
+      if (j == 0 && p.deterministic) {
+        int n_first, n_end;
+        mask.key_blocks<kBlockM, kBlockN>(m, n_first, n_end);
+        turn = p.dq_locks + (int64_t(b) * p.nheads + h) * p.m_blocks + m;
+        wait_turn(turn, n_block - n_first);
+      }
+      float* dq_rows = dq_accum + int64_t(tile.row0) * dq_row_stride + j * kDqCols;
+      if (dq_full) {
+        add_dq<false>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim - j * kDqCols);
+      } else {
+        add_dq<true>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim - j * kDqCols);
+      }
     }
     if (p.deterministic) { pass_turn(turn); }
   }

@@ -14,7 +14,7 @@ template <ArchRow Row, int HeadDim, class Element>
 using BwdTraitsFor =
     BwdTraits<HeadDim, bwd_tile(Row, HeadDim).block_m, bwd_tile(Row, HeadDim).block_n, bwd_tile(Row, HeadDim).warps,
               bwd_tile(Row, HeadDim).sdp_warps_m, bwd_tile(Row, HeadDim).dkv_warps_n,
-              bwd_tile(Row, HeadDim).dq_warps_m, Element>;
+              bwd_tile(Row, HeadDim).dq_warps_m, bwd_tile(Row, HeadDim).dq_passes, Element>;
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {

@@ -73,17 +73,18 @@ struct FwdTraits {
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kHeadDim * int(sizeof(Element));
 };
 
-template <int HeadDim, int BlockM, int BlockN, int Warps, int SdpWarpsM, int DkvWarpsN, int DqWarpsM, class Element_>
+template <int HeadDim, int BlockM, int BlockN, int Warps, int SdpWarpsM, int DkvWarpsN, int DqWarpsM, int DqPasses,
+          class Element_>
 struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = HeadDim, kBlockM = BlockM, kBlockN = BlockN, kWarps = Warps;
-  static constexpr int kThreads = 32 * Warps;
+  static constexpr int kThreads = 32 * Warps, kDqPasses = DqPasses, kDqCols = HeadDim / DqPasses;
   using MmaSdP = WarpGridMma<Element, SdpWarpsM, Warps / SdpWarpsM>;    // (kBlockM x kBlockN)
   using MmaDkv = WarpGridMma<Element, DkvWarpsN, Warps / DkvWarpsN>;    // (kBlockN x kHeadDim)
-  using MmaDq = WarpGridMma<Element, DqWarpsM, Warps / DqWarpsM>;       // (kBlockM x kHeadDim)
+  using MmaDq = WarpGridMma<Element, DqWarpsM, Warps / DqWarpsM>;       // (kBlockM x kDqCols)
   static_assert(kBlockM % (16 * SdpWarpsM) == 0 && kBlockN % (16 * (Warps / SdpWarpsM)) == 0);
   static_assert(kBlockN % (16 * DkvWarpsN) == 0 && kHeadDim % (16 * (Warps / DkvWarpsN)) == 0);
-  static_assert(kBlockM % (16 * DqWarpsM) == 0 && kHeadDim % (16 * (Warps / DqWarpsM)) == 0);
+  static_assert(kBlockM % (16 * DqWarpsM) == 0 && kDqCols % (16 * (Warps / DqWarpsM)) == 0);
   using SmemQ = SmemTile<kBlockM, kHeadDim>;   // Q and dO
   using SmemKV = SmemTile<kBlockN, kHeadDim>;  // K and V
   using SmemPdS = SmemTile<kBlockM, kBlockN>;  // P and dS

@@ -31,6 +31,8 @@ struct BwdTile {
   int sdp_warps_m;  // warp grid of S = Q K^T and dP = dO V^T: sdp_warps_m x (warps / sdp_warps_m)
   int dkv_warps_n;  // warp grid of dK, dV (block_n x head_dim): dkv_warps_n x (warps / ...)
   int dq_warps_m;   // warp grid of dQ (block_m x head_dim): dq_warps_m x (warps / ...)
+  int dq_passes;    // dQ formed and added in this many column slices: fewer live registers, and
+                    // each slice's reductions drain while the next slice's product runs
   // K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit
   constexpr size_t smem_bytes() const {
     return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2;
@@ -76,28 +78,30 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
 constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
   {  // SM80, 163 KB. Warp grids as square as the tile allows: a warp's operand loads grow with
      // its tile's rows + columns, its MMAs with their product (the FlashAttention-2 layouts).
-    { 32, 128, 128, 8, 4, 4, 4},  // 96 KB
-    { 64, 128, 128, 8, 4, 4, 4},  // 128 KB, FlashAttention-2's shape: 64 x 128 was 15 % slower (run h1)
-    { 96,  64, 128, 8, 2, 4, 4},  // 104 KB
-    {128,  64, 128, 8, 2, 4, 2},  // 128 KB; dK + dV take 128 registers per thread; dQ warps 32 x 32
-    {192,  64,  64, 8, 4, 2, 2},  // 112 KB; a 128-key block would need 192 dK/dV registers
-    {256,  64,  64, 8, 4, 2, 2},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128
+    { 32, 128, 128, 8, 4, 4, 4, 1},  // 96 KB
+    { 64, 128, 128, 8, 4, 4, 4, 1},  // 128 KB, FlashAttention-2's shape: 64 x 128 was 15 % slower (run h1)
+    { 96,  64, 128, 8, 2, 4, 4, 1},  // 104 KB
+    {128,  64, 128, 8, 2, 4, 2, 1},  // 128 KB; dK + dV take 128 registers per thread; dQ warps 32 x 32;
+                                     // dQ in 2 passes was 2.5 % slower (run m)
+    {192,  64,  64, 8, 4, 2, 2, 1},  // 112 KB; a 128-key block would need 192 dK/dV registers
+    {256,  64,  64, 8, 4, 2, 2, 2},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128;
+                                     // dQ in 2 passes: no spills (76 bytes in 1), +4 % (run m); 4: no gain
   },
   {  // SM86 / SM89, 99 KB
-    { 32, 128, 128, 8, 4, 4, 4},  // as SM80 (96 KB)
-    { 64,  64, 128, 8, 2, 4, 2},  // 80 KB: 128 x 128 needs 128 KB
-    { 96,  64,  64, 8, 2, 4, 4},  // 64 KB: the 128-key block needs 104 KB
-    {128,  64,  64, 8, 2, 4, 4},  // 80 KB
-    {192,  32,  64, 8, 2, 4, 2},  // 80 KB: 64 query rows would need 112 KB
-    {256,  32,  32, 4, 2, 2, 2},  // 68 KB: 4 warps, since 8 cannot tile a 32 x 32 score block
+    { 32, 128, 128, 8, 4, 4, 4, 1},  // as SM80 (96 KB)
+    { 64,  64, 128, 8, 2, 4, 2, 1},  // 80 KB: 128 x 128 needs 128 KB
+    { 96,  64,  64, 8, 2, 4, 4, 1},  // 64 KB: the 128-key block needs 104 KB
+    {128,  64,  64, 8, 2, 4, 4, 1},  // 80 KB
+    {192,  32,  64, 8, 2, 4, 2, 1},  // 80 KB: 64 query rows would need 112 KB
+    {256,  32,  32, 4, 2, 2, 2, 1},  // 68 KB: 4 warps, since 8 cannot tile a 32 x 32 score block
   },
   {  // SM90, 227 KB: the SM80 shapes (see the forward table)
-    { 32, 128, 128, 8, 4, 4, 4},
-    { 64, 128, 128, 8, 4, 4, 4},
-    { 96,  64, 128, 8, 2, 4, 4},
-    {128,  64, 128, 8, 2, 4, 2},
-    {192,  64,  64, 8, 4, 2, 2},
-    {256,  64,  64, 8, 4, 2, 2},
+    { 32, 128, 128, 8, 4, 4, 4, 1},
+    { 64, 128, 128, 8, 4, 4, 4, 1},
+    { 96,  64, 128, 8, 2, 4, 4, 1},
+    {128,  64, 128, 8, 2, 4, 2, 1},
+    {192,  64,  64, 8, 4, 2, 2, 1},
+    {256,  64,  64, 8, 4, 2, 2, 2},
   },
 };
 // clang-format on
