@@ -95,7 +95,6 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   Tensor sdO = make_tensor(sQ.data() + size(sQ), typename LQ::Layout{});
   Tensor sP = make_tensor(sdO.data() + size(sdO), typename LPdS::Layout{});
   Tensor sdS = make_tensor(sP.data() + size(sP), typename LPdS::Layout{});
-  Tensor sKt = make_tensor(sK.data(), typename LKV::LayoutT{});      // (kHeadDim, kBlockN)
   Tensor sQt = make_tensor(sQ.data(), typename LQ::LayoutT{});       // (kHeadDim, kBlockM)
   Tensor sdOt = make_tensor(sdO.data(), typename LQ::LayoutT{});     // (kHeadDim, kBlockM)
   Tensor sPt = make_tensor(sP.data(), typename LPdS::LayoutT{});     // (kBlockN, kBlockM)
