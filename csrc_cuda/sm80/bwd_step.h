@@ -22,6 +22,12 @@ struct TileRows {
   uint32_t bh;           // dropout stream of this (batch, head)
 };
 
+// lse * log2(e) of a row, or +inf for a row past seqlen_q (its loaded lse is the last row's), so
+// that the row's probabilities come out 0.
+__device__ __forceinline__ float row_lse_log2(float lse, int row, int seqlen_q) {
+  return row < seqlen_q ? lse * float(M_LOG2E) : INFINITY;
+}
+
 // acc_s: raw q.k, acc_dp: dO.v; both (MMA, MMA_M, MMA_N) with coordinates tScS. lse and dsum
 // hold, per row of the rowcol view, the row's lse and D (rows past seqlen_q hold the last row's;
 // their probabilities are zeroed here, through lse = +inf).
@@ -40,7 +46,7 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
   const float mult = f.score_mod ? float(M_LOG2E) : p.scale_log2;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const float lse_log2 = t.row0 + get<0>(c(r, 0)) < mask.seqlen_q ? lse[r] * float(M_LOG2E) : INFINITY;
+    const float lse_log2 = row_lse_log2(lse[r], t.row0 + get<0>(c(r, 0)), mask.seqlen_q);
 #pragma unroll
     for (int j = 0; j < size<1>(s); j += 2) {
       const int row = t.row0 + get<0>(c(r, j)), col = t.col0 + get<1>(c(r, j));
@@ -83,7 +89,7 @@ __device__ __forceinline__ void scores_to_p(Acc& acc_s, Coord const& tScS, TileR
   static_assert(decltype(size<0>(s))::value == kRows);
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const float lse_log2 = t.row0 + get<0>(c(r, 0)) < seqlen_q ? lse[r] * float(M_LOG2E) : INFINITY;
+    const float lse_log2 = row_lse_log2(lse[r], t.row0 + get<0>(c(r, 0)), seqlen_q);
 #pragma unroll
     for (int j = 0; j < size<1>(s); ++j) { s(r, j) = fast_exp2(s(r, j) * scale_log2 - lse_log2); }
   }
