@@ -18,24 +18,34 @@ __device__ __forceinline__ auto head_tensor(TensorRef const& t, int64_t offset, 
                      make_stride(t.row_stride, _1{}));
 }
 
+// cp.async of one 16-byte chunk, or 16 zero bytes when ignore is set: the source is then not
+// read at all (PTX ignore-src), so it may point past the tensor.
+__device__ __forceinline__ void cp_async_chunk(void* smem, const void* gmem, bool ignore) {
+  const uint32_t dst = uint32_t(__cvta_generic_to_shared(smem));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(dst),
+      "l"(gmem), "r"(int(ignore))
+      : "memory");
+}
+
 // cp.async of a partitioned tile, (CPY, CPY_ROWS, CPY_COLS); chunks whose first row or column is
-// out of range are zero-filled in shared memory instead, so padding rows and head-dim columns
-// contribute zeros. Column chunks are 8 elements and head_dim is a multiple of 8, so a chunk is
-// either wholly in or wholly out. kCheckRows = false: the caller knows every row is in range
-// (a full tile), so no row coordinate or predicate stays live across a loop for it.
+// out of range are zero-filled by the copy itself, so padding rows and head-dim columns
+// contribute zeros. (A separate zeroing store per chunk made ptxas put a store and the copy on
+// each chunk's shared address, with three no-op loads between them for the hazard.) Column
+// chunks are 8 elements and head_dim is a multiple of 8, so a chunk is either wholly in or
+// wholly out. kCheckRows = false: the caller knows every row is in range (a full tile), so no row
+// coordinate or predicate stays live across a loop for it. The copy atom only fixes the
+// partition: each chunk is one 16-byte cp.async.
 template <bool kCheckRows = true, class TiledCopy, class TensorG, class TensorS, class TensorC>
-__device__ __forceinline__ void load_tile(TiledCopy const& copy, TensorG const& src, TensorS&& dst,
-                                          TensorC const& coord, int max_rows, int max_cols) {
+__device__ __forceinline__ void load_tile(TiledCopy const&, TensorG const& src, TensorS&& dst, TensorC const& coord,
+                                          int max_rows, int max_cols) {
+  static_assert(decltype(size<0>(dst))::value * sizeof_bits_v<typename std::decay_t<TensorS>::value_type> == 128);
 #pragma unroll
   for (int m = 0; m < size<1>(dst); ++m) {
     const bool row_ok = !kCheckRows || get<0>(coord(0, m, 0)) < max_rows;
 #pragma unroll
     for (int k = 0; k < size<2>(dst); ++k) {
-      if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
-        cute::copy(copy, src(_, m, k), dst(_, m, k));
-      } else {
-        cute::clear(dst(_, m, k));
-      }
+      cp_async_chunk(&dst(0, m, k), &src(0, m, k), !(row_ok && get<1>(coord(0, m, k)) < max_cols));
     }
   }
 }
