@@ -36,6 +36,22 @@ __device__ __forceinline__ void visiting_query_blocks(Mask const& mask, int n_bl
   while (m_hi > m_lo && !sees(m_hi - 1)) { --m_hi; }
 }
 
+// lse and D of query rows row0 .. row0 + kBlockM into s_stats[0, kBlockM) and [kBlockM, 2 kBlockM),
+// by cp.async in the caller's group (the Q, dO loads'): read from shared memory where they are
+// used, they hold no registers across the S and dP products and cost no global load at the loop
+// top. Rows past the end read the last row's; their P and dS are zeroed anyway.
+template <int kBlockM>
+__device__ __forceinline__ void load_row_stats(float* s_stats, const float* lse, const float* dsum, int row0,
+                                               int seqlen_q) {
+  const int tid = threadIdx.x, i = tid % kBlockM;
+  if (tid < 2 * kBlockM) {
+    const int row = min(row0 + i, seqlen_q - 1);
+    const float* src = tid < kBlockM ? lse + row : dsum + row;
+    const uint32_t dst = uint32_t(__cvta_generic_to_shared(s_stats + tid));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+  }
+}
+
 // dK or dV of this key block: 16-bit straight into the output when the key head serves one query
 // head, else fp32 into this query head's slot of the partial buffer (rows_k, nheads, kHeadDim).
 template <class Element, int kHeadDim, class Acc, class Coord>
@@ -95,6 +111,8 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   Tensor sdO = make_tensor(sQ.data() + size(sQ), typename LQ::Layout{});
   Tensor sP = make_tensor(sdO.data() + size(sdO), typename LPdS::Layout{});
   Tensor sdS = make_tensor(sP.data() + size(sP), typename LPdS::Layout{});
+  float* s_lse = reinterpret_cast<float*>(sdS.data().get() + size(sdS));  // then D at s_lse + kBlockM
+  float* s_dsum = s_lse + kBlockM;
   Tensor sQt = make_tensor(sQ.data(), typename LQ::LayoutT{});       // (kHeadDim, kBlockM)
   Tensor sdOt = make_tensor(sdO.data(), typename LQ::LayoutT{});     // (kHeadDim, kBlockM)
   Tensor sPt = make_tensor(sP.data(), typename LPdS::LayoutT{});     // (kBlockN, kBlockM)
@@ -177,21 +195,14 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   if (m_lo < m_hi) {
     load_tile(gmem_copy, tQgQ(_, _, _, m_lo), tQsQ, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
     load_tile(gmem_copy, tQgdO(_, _, _, m_lo), tQsdO, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
+    load_row_stats<kBlockM>(s_lse, lse, dsum, m_lo * kBlockM, seq.seqlen_q);
   }
   cp_async_fence();
 
   for (int m = m_lo; m < m_hi; ++m) {
     const TileRows tile{m * kBlockM, col0, mask.tile_is_partial<kBlockM, kBlockN>(m, n_block),
                         uint32_t(b * p.nheads + h)};
-    // Loads clamped to the last row, not predicated: a select on the loaded value here would wait
-    // for the load; scores_to_p_ds makes rows past the end invisible after the two products.
     float lse_r[kRows], dsum_r[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int row = min(tile.row0 + get<0>(rows_of_s(r, 0)), seq.seqlen_q - 1);
-      lse_r[r] = lse[row];
-      dsum_r[r] = dsum[row];
-    }
     cp_async_wait<0>();
     __syncthreads();  // Q(m), dO(m) (and K, V) landed; every warp is done reading dS(m-1)
 
@@ -200,6 +211,10 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     clear(acc_s);
     clear(acc_dp);
     if constexpr (kAllFeatures) {
+      for (int r = 0; r < kRows; ++r) {
+        lse_r[r] = s_lse[get<0>(rows_of_s(r, 0))];
+        dsum_r[r] = s_dsum[get<0>(rows_of_s(r, 0))];
+      }
       gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       if (tile.partial) {
@@ -210,8 +225,10 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     } else {  // the exponentials of P overlap the dP product (+2-5 %, run m)
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       if (tile.partial) { hide_invisible(acc_s, tScS, tile, mask); }
+      for (int r = 0; r < kRows; ++r) { lse_r[r] = s_lse[get<0>(rows_of_s(r, 0))]; }
       scores_to_p(acc_s, tScS, tile, lse_r, seq.seqlen_q, p.scale_log2);
       gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
+      for (int r = 0; r < kRows; ++r) { dsum_r[r] = s_dsum[get<0>(rows_of_s(r, 0))]; }
       p_to_ds(acc_s, acc_dp, dsum_r);
     }
     store_fragment_smem<Element>(acc_s, tScS, sP, f.rtz);
@@ -224,6 +241,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     if (m + 1 < m_hi) {
       load_tile(gmem_copy, tQgQ(_, _, _, m + 1), tQsQ, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
       load_tile(gmem_copy, tQgdO(_, _, _, m + 1), tQsdO, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
+      load_row_stats<kBlockM>(s_lse, lse, dsum, (m + 1) * kBlockM, seq.seqlen_q);
       cp_async_fence();
     }
 

@@ -90,7 +90,8 @@ struct BwdTraits {
   using SmemPdS = SmemTile<kBlockM, kBlockN>;  // P and dS
   using GmemCopy = typename GmemTileCopy<Element, kThreads, kHeadDim>::type;
   static constexpr int kSmemBytes =
-      ((2 * kBlockN + 2 * kBlockM) * kHeadDim + 2 * kBlockM * kBlockN) * int(sizeof(Element));
+      ((2 * kBlockN + 2 * kBlockM) * kHeadDim + 2 * kBlockM * kBlockN) * int(sizeof(Element)) +
+      2 * kBlockM * int(sizeof(float));  // + lse and D of the query block
 };
 
 }  // namespace fa::sm80

@@ -33,9 +33,10 @@ struct BwdTile {
   int dq_warps_m;   // warp grid of dQ (block_m x head_dim): dq_warps_m x (warps / ...)
   int dq_passes;    // dQ formed and added in this many column slices: fewer live registers, and
                     // each slice's reductions drain while the next slice's product runs
-  // K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit
+  // K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit; the
+  // query rows' lse and D in fp32
   constexpr size_t smem_bytes() const {
-    return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2;
+    return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2 + size_t(2) * block_m * 4;
   }
 };
 
