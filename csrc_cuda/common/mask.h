@@ -19,9 +19,16 @@ struct Mask {
   // Query row i sees key j iff i + diag - window_left <= j <= i + diag + window_right.
   __device__ int diag() const { return seqlen_k - seqlen_q; }
 
+  // Keys [lo, hi] that query row i sees (none when lo > hi). Per row rather than per element:
+  // the element test is then two compares, with no short-circuit branches around each one.
+  __device__ void key_range(int i, int& lo, int& hi) const {
+    lo = window_left < 0 ? 0 : i + diag() - window_left;
+    hi = window_right < 0 ? seqlen_k - 1 : min(seqlen_k - 1, i + diag() + window_right);
+  }
   __device__ bool visible(int i, int j) const {
-    return j < seqlen_k && (window_right < 0 || j <= i + diag() + window_right) &&
-           (window_left < 0 || j >= i + diag() - window_left);
+    int lo, hi;
+    key_range(i, lo, hi);
+    return (j >= lo) & (j <= hi);
   }
 
   // Key blocks [n_min, n_max) that hold any key visible from query block m_block.

@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
       }
     } else {  // the exponentials of P overlap the dP product (+2-5 %, run m)
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
-      if (tile.partial) { hide_invisible(acc_s, tScS, tile, mask); }
+      if (tile.partial) { apply_mask(acc_s, tScS, tile.row0, tile.col0, mask); }
       for (int r = 0; r < kRows; ++r) { lse_r[r] = s_lse[get<0>(rows_of_s(r, 0))]; }
       scores_to_p(acc_s, tScS, tile, lse_r, seq.seqlen_q, p.scale_log2);
       gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);

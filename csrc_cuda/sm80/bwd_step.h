@@ -11,6 +11,7 @@
 #include "../common/fragment.h"
 #include "../common/mask.h"
 #include "../common/philox.h"
+#include "score_ops.h"
 
 namespace fa::sm80 {
 
@@ -71,15 +72,8 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
 // The plain kernel's two halves of scores_to_p_ds (no score modifier, no dropout): P from S
 // alone, then dS from P and dP. Splitting lets the exponentials overlap the dP = dO V^T product,
 // which runs between the two (FlashAttention-2's order); the fused form needs both products first.
-// S of keys the mask hides must be -inf already (hide_invisible, in a branch of its own, so that
-// the exponentials and the product share one basic block for the scheduler to interleave).
-template <class Acc, class Coord>
-__device__ __forceinline__ void hide_invisible(Acc& acc_s, Coord const& tScS, TileRows const& t, Mask const& mask) {
-#pragma unroll
-  for (int i = 0; i < size(acc_s); ++i) {
-    if (!mask.visible(t.row0 + get<0>(tScS(i)), t.col0 + get<1>(tScS(i)))) { acc_s(i) = -INFINITY; }
-  }
-}
+// S of keys the mask hides must be -inf already (apply_mask, in a branch of its own, so that the
+// exponentials and the product share one basic block for the scheduler to interleave).
 
 template <int kRows, class Acc, class Coord>
 __device__ __forceinline__ void scores_to_p(Acc& acc_s, Coord const& tScS, TileRows const& t,

@@ -4,6 +4,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "../common/fragment.h"
 #include "../common/mask.h"
 #include "../common/philox.h"
 
@@ -21,11 +22,20 @@ __device__ __forceinline__ void apply_score_mod(Frag& s, Coord const& tScS, int 
   }
 }
 
+// Scores of keys the mask hides become -inf; the tile starts at (row0, col0).
 template <class Frag, class Coord>
 __device__ __forceinline__ void apply_mask(Frag& s, Coord const& tScS, int row0, int col0, Mask const& mask) {
+  Tensor v = make_tensor(s.data(), rowcol_layout(s.layout()));
+  Tensor c = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
 #pragma unroll
-  for (int i = 0; i < size(s); ++i) {
-    if (!mask.visible(row0 + get<0>(tScS(i)), col0 + get<1>(tScS(i)))) { s(i) = -INFINITY; }
+  for (int r = 0; r < size<0>(v); ++r) {
+    int lo, hi;
+    mask.key_range(row0 + get<0>(c(r, 0)), lo, hi);
+#pragma unroll
+    for (int j = 0; j < size<1>(v); ++j) {
+      const int col = col0 + get<1>(c(r, j));
+      v(r, j) = (col < lo) | (col > hi) ? -INFINITY : v(r, j);
+    }
   }
 }
 
