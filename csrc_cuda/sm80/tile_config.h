@@ -55,7 +55,8 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
     { 96, 128,  64, 4, 8},
     {128, 128,  32, 4, 8},  // as fast as 128 x 64 on the H100, with a third of the spills
     {192, 128,  64, 8, 8},
-    {256, 128,  64, 8, 8},  // 128 KB: one block per SM; 64 x 64 with 4 warps is 6 % slower
+    {256, 128,  64, 8, 8},  // 128 KB, one block per SM; 64 x 64 (96 KB) would leave an A100's SM
+                            // one 4-warp block (the SM90 row runs two)
   },
   {  // SM86 / SM89, 99 KB: as SM80 but for d 256
     { 32, 128,  64, 4, 8},
@@ -66,13 +67,13 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
     {256,  64,  64, 4, 4},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
   },
   {  // SM90, 227 KB: these SM80-class kernels gain nothing from larger tiles on H100 that
-     // would not also cost occupancy, so it keeps the SM80 shapes
+     // would not also cost occupancy, so it keeps the SM80 shapes but for d 256
     { 32, 128,  64, 4, 8},
     { 64, 128, 128, 4, 8},
     { 96, 128,  64, 4, 8},
     {128, 128,  32, 4, 8},
     {192, 128,  64, 8, 8},
-    {256, 128,  64, 8, 8},
+    {256,  64,  64, 4, 4},  // FlashAttention-2's on the H100: 96 KB, two blocks per SM (run p3)
   },
 };
 
