@@ -209,3 +209,15 @@ def test_flags_changed_before_backward_reach_it(stub, monkeypatch):
     flags_at, = native._offsets(native._BwdParams, "problem.flags")
     flags = int.from_bytes(_last(stub, 1)[flags_at:flags_at + 4], "little")
     assert flags & native.FA_FLAG_DETERMINISTIC
+
+
+def test_autograd_node_comes_from_the_c_apply(stub):
+    """The plan's autograd node is made without torch's Python wrapper of Function.apply; under a
+    functorch transform the fast path steps aside, so the caller gets torch's own message (these
+    Functions do not support functorch) instead of a failed data_ptr on a wrapper tensor."""
+    assert fastpath._APPLY is not None, "torch lost _FunctionBase.apply: the fast path pays the Python wrapper"
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    assert type(out.grad_fn).__name__ == "_PlannedAttentionBackward"
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda q_: flash_attn.flash_attn_func(q_, k, v).float().sum())(q)
