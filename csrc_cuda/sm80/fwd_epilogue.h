@@ -1,5 +1,6 @@
-// Forward epilogue: the normalised output accumulator goes straight from registers to global
-// memory as 16-bit pairs, and one lane per quad writes each row's logsumexp.
+// Epilogues: an accumulator as 16-bit pairs, straight to global memory (dK, dV) or into a shared
+// tile (the forward's output, which then leaves in 16-byte chunks: tile_io.h store_tile); one
+// lane per quad writes each row's logsumexp.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,6 +24,16 @@ __device__ __forceinline__ void store_rows(Acc const& acc, Coord const& tOcO, El
       *reinterpret_cast<uint32_t*>(base + row * row_stride + col) =
           pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
     }
+  }
+}
+
+// acc: (MMA, MMA_M, MMA_N) fp32 with coordinates tOcO, into the (rows, cols) shared tile s.
+template <class Element, class Acc, class Coord, class SmemTensor>
+__device__ __forceinline__ void stage_rows(Acc const& acc, Coord const& tOcO, SmemTensor& s, bool rtz) {
+#pragma unroll
+  for (int i = 0; i < size(acc) / 2; ++i) {
+    *reinterpret_cast<uint32_t*>(&s(get<0>(tOcO(2 * i)), get<1>(tOcO(2 * i)))) =
+        pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
   }
 }
 

@@ -129,9 +129,13 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
 
   float lse[decltype(size<0>(o_rc))::value];
   softmax.finalize(o_rc, mult, f.dropout ? p.rp_dropout : 1.f, lse);
-  Element* out = static_cast<Element*>(p.out.ptr) + seq.q_offset(p.out, b) + h * p.out.head_stride +
-                 int64_t(row0) * p.out.row_stride;
-  store_rows(acc_o, tOcO, out, p.out.row_stride, seq.seqlen_q - row0, p.head_dim, f.rtz);
+  // O leaves through Q's shared tile: 16-byte row chunks instead of 4-byte pairs per thread
+  __syncthreads();  // no warp reads Q any more, and every thread's part of the Q load has landed
+  stage_rows<Element>(acc_o, tOcO, sQ, f.rtz);
+  __syncthreads();
+  Tensor mO = head_tensor<Element, kHeadDim>(p.out, seq.q_offset(p.out, b) + h * p.out.head_stride, seq.seqlen_q);
+  Tensor gO = local_tile(mO, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));
+  store_tile(tQsQ, gmem_thr.partition_D(gO), tQcQ, seq.seqlen_q - row0, p.head_dim);
   store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0, seq.seqlen_q - row0);
 }
 

@@ -50,6 +50,24 @@ __device__ __forceinline__ void load_tile(TiledCopy const&, TensorG const& src, 
   }
 }
 
+// The reverse of load_tile for a tile staged in shared memory: 16-byte chunks to global memory,
+// those whose first row or column is out of range not written.
+template <class TensorS, class TensorG, class TensorC>
+__device__ __forceinline__ void store_tile(TensorS const& src, TensorG&& dst, TensorC const& coord, int max_rows,
+                                           int max_cols) {
+  static_assert(decltype(size<0>(dst))::value * sizeof_bits_v<typename std::decay_t<TensorG>::value_type> == 128);
+#pragma unroll
+  for (int m = 0; m < size<1>(dst); ++m) {
+    const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
+#pragma unroll
+    for (int k = 0; k < size<2>(dst); ++k) {
+      if (row_ok && get<1>(coord(0, m, k)) < max_cols) {
+        *reinterpret_cast<uint4*>(&dst(0, m, k)) = *reinterpret_cast<uint4 const*>(&src(0, m, k));
+      }
+    }
+  }
+}
+
 // acc += A * B, both operands in shared memory. tCsA/tCsB: the ldmatrix partitions of the smem
 // tiles; tCrA/tCrB: the MMA register fragments they fill.
 template <class Acc, class FragA, class FragB, class SmemA, class SmemB, class TiledMma, class CopyA, class CopyB>
