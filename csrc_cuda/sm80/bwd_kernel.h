@@ -52,18 +52,12 @@ __device__ __forceinline__ void load_row_stats(float* s_stats, const float* lse,
   }
 }
 
-// dK or dV of this key block: 16-bit straight into the output when the key head serves one query
-// head, else fp32 into this query head's slot of the partial buffer (rows_k, nheads, kHeadDim).
-template <class Element, int kHeadDim, class Acc, class Coord>
-__device__ __forceinline__ void store_dkv(Acc const& acc, Coord const& tcC, BwdParams const& p, TensorRef const& out,
-                                          float* accum, SeqInfo const& seq, int b, int h, int row0, bool rtz) {
+// dK or dV of this key block as fp32 into this query head's slot of the partial buffer
+// (rows_k, nheads, kHeadDim), for key heads that serve several query heads (bwd_rowwise.h sums them).
+template <int kHeadDim, class Acc, class Coord>
+__device__ __forceinline__ void store_dkv_partial(Acc const& acc, Coord const& tcC, BwdParams const& p, float* accum,
+                                                  SeqInfo const& seq, int h, int row0) {
   const int max_rows = seq.seqlen_k_rows - row0;  // keys past seqused_k get their zero gradient too
-  if (p.group == 1) {
-    Element* base = static_cast<Element*>(out.ptr) + seq.k_offset(out, b) + h * out.head_stride +
-                    int64_t(row0) * out.row_stride;
-    store_rows(acc, tcC, base, out.row_stride, max_rows, p.head_dim, rtz);
-    return;
-  }
   const int64_t row_stride = int64_t(p.nheads) * kHeadDim;
   float* base = accum + (seq.k_row0 + row0) * row_stride + h * kHeadDim;
 #pragma unroll
@@ -276,8 +270,23 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     acc_dk(i) *= p.softmax_scale;
     acc_dv(i) *= dv_scale;
   }
-  store_dkv<Element, kHeadDim>(acc_dk, tdKcdK, p, p.dk, p.dk_accum, seq, b, h, col0, f.rtz);
-  store_dkv<Element, kHeadDim>(acc_dv, tdKcdK, p, p.dv, p.dv_accum, seq, b, h, col0, f.rtz);
+  if (p.group > 1) {
+    store_dkv_partial<kHeadDim>(acc_dk, tdKcdK, p, p.dk_accum, seq, h, col0);
+    store_dkv_partial<kHeadDim>(acc_dv, tdKcdK, p, p.dv_accum, seq, h, col0);
+    return;
+  }
+  // 16-bit dK, dV through K's and V's shared tiles, in 16-byte row chunks (keys past seqused_k get
+  // their zero gradient too)
+  __syncthreads();  // every warp is done reading K and V, and every thread's part of their load landed
+  stage_rows<Element>(acc_dk, tdKcdK, sK, f.rtz);
+  stage_rows<Element>(acc_dv, tdKcdK, sV, f.rtz);
+  __syncthreads();
+  Tensor mdK = head_tensor<Element, kHeadDim>(p.dk, seq.k_offset(p.dk, b) + h * p.dk.head_stride, seq.seqlen_k_rows);
+  Tensor mdV = head_tensor<Element, kHeadDim>(p.dv, seq.k_offset(p.dv, b) + h * p.dv.head_stride, seq.seqlen_k_rows);
+  Tensor gdK = local_tile(mdK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));
+  Tensor gdV = local_tile(mdV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));
+  store_tile(tKsK, gmem_thr.partition_D(gdK), tKcK, seq.seqlen_k_rows - col0, p.head_dim);
+  store_tile(tKsV, gmem_thr.partition_D(gdV), tKcK, seq.seqlen_k_rows - col0, p.head_dim);
 }
 
 }  // namespace fa::sm80

@@ -1,6 +1,6 @@
-// Epilogues: an accumulator as 16-bit pairs, straight to global memory (dK, dV) or into a shared
-// tile (the forward's output, which then leaves in 16-byte chunks: tile_io.h store_tile); one
-// lane per quad writes each row's logsumexp.
+// Epilogues: an accumulator as 16-bit pairs into a shared tile (the forward's O, the backward's
+// dK and dV), which then leaves in 16-byte row chunks (tile_io.h store_tile); one lane per quad
+// writes each row's logsumexp.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -11,21 +11,6 @@
 namespace fa::sm80 {
 
 using namespace cute;
-
-// acc: (MMA, MMA_M, MMA_N) fp32, tOcO its (row, col) coordinates inside the tile. Rows at or past
-// max_rows and columns at or past head_dim are not written.
-template <class Element, class Acc, class Coord>
-__device__ __forceinline__ void store_rows(Acc const& acc, Coord const& tOcO, Element* base, int64_t row_stride,
-                                           int max_rows, int head_dim, bool rtz) {
-#pragma unroll
-  for (int i = 0; i < size(acc) / 2; ++i) {
-    const int row = get<0>(tOcO(2 * i)), col = get<1>(tOcO(2 * i));
-    if (row < max_rows && col < head_dim) {
-      *reinterpret_cast<uint32_t*>(base + row * row_stride + col) =
-          pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
-    }
-  }
-}
 
 // acc: (MMA, MMA_M, MMA_N) fp32 with coordinates tOcO, into the (rows, cols) shared tile s.
 template <class Element, class Acc, class Coord, class SmemTensor>
