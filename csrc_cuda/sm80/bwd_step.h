@@ -74,7 +74,6 @@ __device__ __forceinline__ void scores_to_p_ds(Acc& acc_s, Acc& acc_dp, Coord co
 // which runs between the two (FlashAttention-2's order); the fused form needs both products first.
 // S of keys the mask hides must be -inf already (apply_mask, in a branch of its own, so that the
 // exponentials and the product share one basic block for the scheduler to interleave).
-
 template <int kRows, class Acc, class Coord>
 __device__ __forceinline__ void scores_to_p(Acc& acc_s, Coord const& tScS, TileRows const& t,
                                             float const (&lse)[kRows], int seqlen_q, float scale_log2) {

@@ -70,7 +70,8 @@ struct FwdTraits {
   using SmemQ = SmemTile<kBlockM, kHeadDim>;
   using SmemKV = SmemTile<kBlockN, kHeadDim>;
   using GmemCopy = typename GmemTileCopy<Element, kThreads, kHeadDim>::type;
-  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kHeadDim * int(sizeof(Element));
+  static_assert(sizeof(Element) == 2);
+  static constexpr int kSmemBytes = int(fwd_smem_bytes(kBlockM, kBlockN, kHeadDim));
 };
 
 template <int HeadDim, int BlockM, int BlockN, int Warps, int SdpWarpsM, int DkvWarpsN, int DqWarpsM, int DqPasses,
@@ -89,9 +90,8 @@ struct BwdTraits {
   using SmemKV = SmemTile<kBlockN, kHeadDim>;  // K and V
   using SmemPdS = SmemTile<kBlockM, kBlockN>;  // P and dS
   using GmemCopy = typename GmemTileCopy<Element, kThreads, kHeadDim>::type;
-  static constexpr int kSmemBytes =
-      ((2 * kBlockN + 2 * kBlockM) * kHeadDim + 2 * kBlockM * kBlockN) * int(sizeof(Element)) +
-      2 * kBlockM * int(sizeof(float));  // + lse and D of the query block
+  static_assert(sizeof(Element) == 2);
+  static constexpr int kSmemBytes = int(bwd_smem_bytes(kBlockM, kBlockN, kHeadDim));
 };
 
 }  // namespace fa::sm80

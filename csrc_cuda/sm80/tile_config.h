@@ -14,13 +14,24 @@ constexpr size_t kSmemLimit[kNumArchRows] = {163 * 1024, 99 * 1024, 227 * 1024};
 
 constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 192, 256};
 
+// Shared memory of one block, in bytes; the tile table (host checks) and the kernel traits
+// (launches) both use these. Forward: Q (block_m rows), K and V (block_n rows), 16-bit.
+constexpr size_t fwd_smem_bytes(int block_m, int block_n, int head_dim) {
+  return size_t(block_m + 2 * block_n) * head_dim * 2;
+}
+// Backward: K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit;
+// the query rows' lse and D in fp32.
+constexpr size_t bwd_smem_bytes(int block_m, int block_n, int head_dim) {
+  return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2 + size_t(2) * block_m * 4;
+}
+
 struct FwdTile {
   int head_dim;    // bucket: any head_dim up to it runs with the rest of the tile zero-filled
   int block_m;     // query rows per block
   int block_n;     // keys per main-loop step
   int warps;       // plain kernel: each warp owns block_m / warps whole query rows
   int warps_full;  // the full kernel (softcap, ALiBi, dropout, RTZ; common/features.h)
-  constexpr size_t smem_bytes() const { return size_t(block_m + 2 * block_n) * head_dim * 2; }
+  constexpr size_t smem_bytes() const { return fwd_smem_bytes(block_m, block_n, head_dim); }
 };
 
 struct BwdTile {
@@ -33,11 +44,7 @@ struct BwdTile {
   int dq_warps_m;   // warp grid of dQ (block_m x head_dim): dq_warps_m x (warps / ...)
   int dq_passes;    // dQ formed and added in this many column slices: fewer live registers, and
                     // each slice's reductions drain while the next slice's product runs
-  // K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit; the
-  // query rows' lse and D in fp32
-  constexpr size_t smem_bytes() const {
-    return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2 + size_t(2) * block_m * 4;
-  }
+  constexpr size_t smem_bytes() const { return bwd_smem_bytes(block_m, block_n, head_dim); }
 };
 
 // clang-format off
