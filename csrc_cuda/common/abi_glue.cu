@@ -164,7 +164,8 @@ BwdWorkspace plan_bwd(fa_problem const& pr, int bucket, sm80::ArchRow row) {
   w.dsum = at;
   at += align(rows_q * pr.nheads * sizeof(float));
   w.dq_accum = at;
-  at += align(rows_q * pr.nheads * bucket * sizeof(float));
+  at += align(sm80::dq_accum_rows(rows_q, pr.batch, sm80::bwd_tile(row, bucket).block_m) * pr.nheads * bucket *
+               sizeof(float));
   w.dq_locks = at;
   at += deterministic ? align(size_t(pr.batch) * pr.nheads * m_blocks * sizeof(int32_t)) : 0;
   w.dk_accum = at;

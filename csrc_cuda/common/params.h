@@ -51,7 +51,7 @@ struct AttnParams {
 struct BwdParams : AttnParams {
   TensorRef dout, dq, dk, dv;
   float* dsum;          // D = rowsum(dO * O), indexed like lse with total rows = rows_q_bound
-  float* dq_accum;      // (rows_q_bound, nheads, kHeadDim) fp32, zeroed before the main kernel
+  float* dq_accum;      // fp32 dQ sum in per-query-block chunks (sm80/bwd_dq_accum.h), zeroed before the main kernel
   int32_t* dq_locks;    // (batch, nheads, m_blocks) turn counters, deterministic mode only
   float* dk_accum;      // (rows_k_bound, nheads, kHeadDim) fp32 per query head when group > 1
   float* dv_accum;

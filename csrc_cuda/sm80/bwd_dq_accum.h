@@ -7,6 +7,10 @@
 
 #include <cute/tensor.hpp>
 
+#include "../common/convert.h"
+#include "../common/params.h"
+#include "../common/seqlen.h"
+
 namespace fa::sm80 {
 
 using namespace cute;
@@ -24,30 +28,78 @@ __device__ __forceinline__ void pass_turn(int32_t* counter) {
   if (threadIdx.x == 0) { atomicAdd(counter, 1); }
 }
 
-// dst[0] += a, dst[1] += b as fire-and-forget reductions (RED). nvcc 13.0 compiles an atomicAdd
-// of a float2 whose result is unused to ATOMG, which holds its source registers until L2 answers;
-// on an H100 that cost the d 128 backward 12 % and d 256 27 % (benchmarks/results, run h).
-__device__ __forceinline__ void red_add_pair(float* dst, float a, float b) {
+// The fp32 dQ sum is laid out per query block and head in the order the main kernel's threads
+// hold it, not by (row, column): each (sequence, query block, head) owns a chunk of
+// kBlockM x kHeadDim floats, and element i of thread tid's accumulator sits at slot
+// (i / kVec) * kThreads * kVec + tid * kVec + i % kVec of it (each dQ pass its own sub-chunk). So a
+// warp's reduction covers whole contiguous cache lines (FlashAttention-2's layout), where the
+// fragment's (row, column) order spread each over 8 rows; the conversion kernel reads the same
+// slots back through the same thread partition. kVec: floats per reduction, 16 bytes on sm_90.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
+constexpr int kDqVec = 4;
 #else
-  asm volatile("red.global.add.f32 [%0], %1;" ::"l"(dst), "f"(a) : "memory");
-  asm volatile("red.global.add.f32 [%0], %1;" ::"l"(dst + 1), "f"(b) : "memory");
+constexpr int kDqVec = 1;
 #endif
+
+// The chunk of (sequence b, query block m, head h): block m of sequence b is row slot
+// first_row + (b + m) * kBlockM, so every sequence's last, partial block has a whole slot
+// (dq_accum_rows in tile_config.h counts the padding).
+template <int kBlockM, int kHeadDim>
+__device__ __forceinline__ float* dq_chunk(BwdParams const& p, int64_t first_row, int b, int m, int h) {
+  const int64_t slot_row = first_row + int64_t(b + m) * kBlockM;
+  return p.dq_accum + (slot_row * p.nheads + int64_t(h) * kBlockM) * kHeadDim;
 }
 
-// acc: (MMA, MMA_M, MMA_N) of dS K with coordinates tdQcdQ; base: row 0 of this query block and
-// head in the accumulation buffer, row_stride apart. kBounded: some row or column of the tile is
-// past max_rows or head_dim (the caller branches once per tile, so full tiles skip the checks and
-// the divergence bookkeeping around each reduction).
-template <bool kBounded, class Acc, class Coord>
-__device__ __forceinline__ void add_dq(Acc const& acc, Coord const& tdQcdQ, float* base, int64_t row_stride,
-                                       int max_rows, int head_dim) {
+// chunk[slots of this thread] += acc, as fire-and-forget reductions (RED): nvcc 13.0 compiles an
+// atomicAdd whose result is unused to ATOMG, which holds its source registers until L2 answers
+// (on an H100 that cost the d 128 backward 12 % and d 256 27 %, benchmarks/results run h). Every
+// slot is added, padding rows and columns past head_dim too: they belong to this chunk alone and
+// the conversion skips them.
+template <int kThreads, class Acc>
+__device__ __forceinline__ void add_dq(Acc const& acc, float* chunk) {
+  float* dst = chunk + threadIdx.x * kDqVec;
 #pragma unroll
-  for (int i = 0; i < size(acc) / 2; ++i) {
-    const int row = get<0>(tdQcdQ(2 * i)), col = get<1>(tdQcdQ(2 * i));
-    if (!kBounded || (row < max_rows && col < head_dim)) {
-      red_add_pair(base + row * row_stride + col, acc(2 * i), acc(2 * i + 1));
+  for (int i = 0; i < size(acc); i += kDqVec) {
+    float* at = dst + (i / kDqVec) * kThreads * kDqVec;
+    if constexpr (kDqVec == 4) {
+      asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(at), "f"(acc(i)), "f"(acc(i + 1)),
+                   "f"(acc(i + 2)), "f"(acc(i + 3))
+                   : "memory");
+    } else {
+      asm volatile("red.global.add.f32 [%0], %1;" ::"l"(at), "f"(acc(i)) : "memory");
+    }
+  }
+}
+
+// dQ = softmax_scale * (fp32 sum), converted: block (m, h, b) reads the chunk of query block m
+// with the main kernel's thread count, so each thread finds its slots where the main kernel's
+// thread of the same index put them and knows their coordinates from the same MMA partition.
+// grid (m_blocks, nheads, batch), T::kThreads threads.
+template <class T>
+__global__ void __launch_bounds__(T::kThreads) bwd_dq_convert_kernel(__grid_constant__ const BwdParams p) {
+  using Element = typename T::Element;
+  constexpr int kBlockM = T::kBlockM, kDqCols = T::kDqCols, kThreads = T::kThreads;
+  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const SeqInfo seq(p, b);
+  const int row0 = m * kBlockM;
+  if (row0 >= seq.seqlen_q) { return; }
+  typename T::MmaDq mma_dq;
+  Tensor coord = mma_dq.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqCols>>{}));
+  constexpr int kSlots = decltype(size(coord))::value;
+  const float* chunk = dq_chunk<kBlockM, T::kHeadDim>(p, seq.q_row0, b, m, h) + tid * kDqVec;
+  Element* dst = static_cast<Element*>(p.dq.ptr) + seq.q_offset(p.dq, b) + h * p.dq.head_stride + row0 * p.dq.row_stride;
+  const int max_rows = seq.seqlen_q - row0;
+#pragma unroll
+  for (int j = 0; j < T::kDqPasses; ++j) {
+#pragma unroll
+    for (int i = 0; i < kSlots; i += 2) {  // accumulator pairs are adjacent columns
+      const float* src = chunk + j * kBlockM * kDqCols + (i / kDqVec) * kThreads * kDqVec + i % kDqVec;
+      const int row = get<0>(coord(i)), col = j * kDqCols + get<1>(coord(i));
+      if (row < max_rows && col < p.head_dim) {
+        const float v0 = src[0] * p.softmax_scale;
+        const float v1 = src[kDqVec == 1 ? kThreads : 1] * p.softmax_scale;
+        *reinterpret_cast<uint32_t*>(dst + row * p.dq.row_stride + col) = pack_pair<Element>(v0, v1, p.rtz);
+      }
     }
   }
 }

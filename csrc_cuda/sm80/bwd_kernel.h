@@ -36,19 +36,16 @@ __device__ __forceinline__ void visiting_query_blocks(Mask const& mask, int n_bl
   while (m_hi > m_lo && !sees(m_hi - 1)) { --m_hi; }
 }
 
-// lse and D of query rows row0 .. row0 + kBlockM into s_stats[0, kBlockM) and [kBlockM, 2 kBlockM),
-// by cp.async in the caller's group (the Q, dO loads'): read from shared memory where they are
-// used, they hold no registers across the S and dP products and cost no global load at the loop
-// top. Rows past the end read the last row's; their P and dS are zeroed anyway.
+// lse or D of query rows row0 .. row0 + kBlockM into s_stat[0, kBlockM), by cp.async in the
+// caller's group (the Q or dO load's): read from shared memory where they are used, they hold no
+// registers across the S and dP products and cost no global load at the loop top. Rows past the
+// end read the last row's; their P and dS are zeroed anyway.
 template <int kBlockM>
-__device__ __forceinline__ void load_row_stats(float* s_stats, const float* lse, const float* dsum, int row0,
-                                               int seqlen_q) {
-  const int tid = threadIdx.x, i = tid % kBlockM;
-  if (tid < 2 * kBlockM) {
-    const int row = min(row0 + i, seqlen_q - 1);
-    const float* src = tid < kBlockM ? lse + row : dsum + row;
-    const uint32_t dst = uint32_t(__cvta_generic_to_shared(s_stats + tid));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+__device__ __forceinline__ void load_row_stat(float* s_stat, const float* stat, int row0, int seqlen_q) {
+  const int tid = threadIdx.x;
+  if (tid < kBlockM) {
+    const uint32_t dst = uint32_t(__cvta_generic_to_shared(s_stat + tid));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(stat + min(row0 + tid, seqlen_q - 1)));
   }
 }
 
@@ -101,12 +98,16 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   using LPdS = typename T::SmemPdS;
   Tensor sK = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)), typename LKV::Layout{});
   Tensor sV = make_tensor(sK.data() + size(sK), typename LKV::Layout{});
-  Tensor sQ = make_tensor(sV.data() + size(sV), typename LQ::Layout{});
-  Tensor sdO = make_tensor(sQ.data() + size(sQ), typename LQ::Layout{});
+  constexpr int kQStages = T::kQStages;
+  Tensor sQ = make_tensor(sV.data() + size(sV), typename LQ::Layout{});  // stage 0; stage 1 follows it
+  Tensor sdO = make_tensor(sQ.data() + kQStages * size(sQ), typename LQ::Layout{});
   Tensor sP = make_tensor(sdO.data() + size(sdO), typename LPdS::Layout{});
   Tensor sdS = make_tensor(sP.data() + size(sP), typename LPdS::Layout{});
-  float* s_lse = reinterpret_cast<float*>(sdS.data().get() + size(sdS));  // then D at s_lse + kBlockM
-  float* s_dsum = s_lse + kBlockM;
+  float* s_lse = reinterpret_cast<float*>(sdS.data().get() + size(sdS));  // kBlockM per Q stage
+  float* s_dsum = s_lse + kQStages * kBlockM;
+  // A tensor over Q's shared tile (or a partition of it) moved to Q buffer `stage`: a whole tile
+  // further on, so the swizzle pattern, which repeats every 8-row atom, is unchanged.
+  auto q_stage = [&](auto const& t, int stage) { return make_tensor(t.data() + stage * size(sQ), t.layout()); };
   Tensor sQt = make_tensor(sQ.data(), typename LQ::LayoutT{});       // (kHeadDim, kBlockM)
   Tensor sdOt = make_tensor(sdO.data(), typename LQ::LayoutT{});     // (kHeadDim, kBlockM)
   Tensor sPt = make_tensor(sP.data(), typename LPdS::LayoutT{});     // (kBlockN, kBlockM)
@@ -174,22 +175,29 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   auto s2r_dq_b = make_tiled_copy_B(LdsmTransAtom<Element>{}, mma_dq);
   Tensor tdQsdS = s2r_dq_a.get_thread_slice(tid).partition_S(sdS);
   Tensor tdQsKt = s2r_dq_b.get_thread_slice(tid).partition_S(make_tensor(sK.data(), typename LKslice::LayoutT{}));
-  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqCols>>{}));
 
   const ScoreMod mod(p, b, h, mask.diag());
   const float* lse = p.lse + seq.lse_offset(p, b, h, p.total_q);
   const float* dsum = p.dsum + seq.lse_offset(p, b, h, p.rows_q_bound);
-  const int64_t dq_row_stride = int64_t(p.nheads) * kHeadDim;
-  float* dq_accum = p.dq_accum + seq.q_row0 * dq_row_stride + h * kHeadDim;
   Tensor rows_of_s = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
   constexpr int kRows = decltype(size<0>(rows_of_s))::value;
+
+  // Q(m) and its lse into Q buffer m % kQStages; dO(m) and its D
+  auto load_q = [&](int m) {
+    const int stage = kQStages == 1 ? 0 : m % 2;
+    load_tile(gmem_copy, tQgQ(_, _, _, m), q_stage(tQsQ, stage), tQcQ, seq.seqlen_q - m * kBlockM, p.head_dim);
+    load_row_stat<kBlockM>(s_lse + stage * kBlockM, lse, m * kBlockM, seq.seqlen_q);
+  };
+  auto load_do = [&](int m) {
+    load_tile(gmem_copy, tQgdO(_, _, _, m), tQsdO, tQcQ, seq.seqlen_q - m * kBlockM, p.head_dim);
+    load_row_stat<kBlockM>(s_dsum, dsum, m * kBlockM, seq.seqlen_q);
+  };
 
   load_tile(gmem_copy, tKgK, tKsK, tKcK, seq.seqlen_k - col0, p.head_dim);
   load_tile(gmem_copy, tKgV, tKsV, tKcK, seq.seqlen_k - col0, p.head_dim);
   if (m_lo < m_hi) {
-    load_tile(gmem_copy, tQgQ(_, _, _, m_lo), tQsQ, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
-    load_tile(gmem_copy, tQgdO(_, _, _, m_lo), tQsdO, tQcQ, seq.seqlen_q - m_lo * kBlockM, p.head_dim);
-    load_row_stats<kBlockM>(s_lse, lse, dsum, m_lo * kBlockM, seq.seqlen_q);
+    load_q(m_lo);
+    load_do(m_lo);
   }
   cp_async_fence();
 
@@ -197,8 +205,15 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     const TileRows tile{m * kBlockM, col0, mask.tile_is_partial<kBlockM, kBlockN>(m, n_block),
                         uint32_t(b * p.nheads + h)};
     float lse_r[kRows], dsum_r[kRows];
+    const int stage = kQStages == 1 ? 0 : m % 2;
+    const float* s_lse_m = s_lse + stage * kBlockM;
+    Tensor tSsQ_m = q_stage(tSsQ, stage);
     cp_async_wait<0>();
-    __syncthreads();  // Q(m), dO(m) (and K, V) landed; every warp is done reading dS(m-1)
+    __syncthreads();  // Q(m), dO(m) (and K, V) landed; every warp is done reading dS(m-1) and Q(m-1)
+    if (kQStages == 2 && m + 1 < m_hi) {
+      load_q(m + 1);
+      cp_async_fence();
+    }
 
     Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});   // (MMA, MMA_M, MMA_N)
     Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -206,20 +221,20 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     clear(acc_dp);
     if constexpr (kAllFeatures) {
       for (int r = 0; r < kRows; ++r) {
-        lse_r[r] = s_lse[get<0>(rows_of_s(r, 0))];
+        lse_r[r] = s_lse_m[get<0>(rows_of_s(r, 0))];
         dsum_r[r] = s_dsum[get<0>(rows_of_s(r, 0))];
       }
       gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
-      gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
+      gemm_ss(acc_s, tSrQ, tSrK, tSsQ_m, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       if (tile.partial) {
         scores_to_p_ds<true>(acc_s, acc_dp, tScS, tile, lse_r, dsum_r, mask, mod, p, f);
       } else {
         scores_to_p_ds<false>(acc_s, acc_dp, tScS, tile, lse_r, dsum_r, mask, mod, p, f);
       }
     } else {  // the exponentials of P overlap the dP product (+2-5 %, run m)
-      gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
+      gemm_ss(acc_s, tSrQ, tSrK, tSsQ_m, tSsK, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       if (tile.partial) { apply_mask(acc_s, tScS, tile.row0, tile.col0, mask); }
-      for (int r = 0; r < kRows; ++r) { lse_r[r] = s_lse[get<0>(rows_of_s(r, 0))]; }
+      for (int r = 0; r < kRows; ++r) { lse_r[r] = s_lse_m[get<0>(rows_of_s(r, 0))]; }
       scores_to_p(acc_s, tScS, tile, lse_r, seq.seqlen_q, p.scale_log2);
       gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, tdPsV, mma_sdp, s2r_sdp_a, s2r_sdp_b, tid);
       for (int r = 0; r < kRows; ++r) { dsum_r[r] = s_dsum[get<0>(rows_of_s(r, 0))]; }
@@ -230,17 +245,25 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     __syncthreads();  // P and dS visible to every warp
 
     gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, tdVsdOt, mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
-    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, tdKsQt, mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
-    __syncthreads();  // every warp is done reading Q(m) and dO(m)
-    if (m + 1 < m_hi) {
-      load_tile(gmem_copy, tQgQ(_, _, _, m + 1), tQsQ, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
-      load_tile(gmem_copy, tQgdO(_, _, _, m + 1), tQsdO, tQcQ, seq.seqlen_q - (m + 1) * kBlockM, p.head_dim);
-      load_row_stats<kBlockM>(s_lse, lse, dsum, (m + 1) * kBlockM, seq.seqlen_q);
-      cp_async_fence();
+    if constexpr (kQStages == 2) {
+      __syncthreads();  // every warp is done reading dO(m)
+      if (m + 1 < m_hi) {
+        load_do(m + 1);
+        cp_async_fence();
+      }
+    }
+    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, q_stage(tdKsQt, stage), mma_dkv, s2r_dkv_a, s2r_dkv_b, tid);
+    if constexpr (kQStages == 1) {
+      __syncthreads();  // every warp is done reading Q(m) and dO(m)
+      if (m + 1 < m_hi) {
+        load_q(m + 1);
+        load_do(m + 1);
+        cp_async_fence();
+      }
     }
 
     int32_t* turn = nullptr;
-    const bool dq_full = tile.row0 + kBlockM <= seq.seqlen_q && p.head_dim == kHeadDim;
+    float* dq_sum = dq_chunk<kBlockM, kHeadDim>(p, seq.q_row0, b, m, h);
 #pragma unroll
     for (int j = 0; j < T::kDqPasses; ++j) {
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqCols>>{});  // (MMA, MMA_M, MMA_K)
@@ -253,12 +276,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
         turn = p.dq_locks + (int64_t(b) * p.nheads + h) * p.m_blocks + m;
         wait_turn(turn, n_block - n_first);
       }
-      float* dq_rows = dq_accum + int64_t(tile.row0) * dq_row_stride + j * kDqCols;
-      if (dq_full) {
-        add_dq<false>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim - j * kDqCols);
-      } else {
-        add_dq<true>(acc_dq, tdQcdQ, dq_rows, dq_row_stride, seq.seqlen_q - tile.row0, p.head_dim - j * kDqCols);
-      }
+      add_dq<T::kThreads>(acc_dq, dq_sum + j * kBlockM * kDqCols);
     }
     if (p.deterministic) { pass_turn(turn); }
   }

@@ -14,7 +14,8 @@ template <ArchRow Row, int HeadDim, class Element>
 using BwdTraitsFor =
     BwdTraits<HeadDim, bwd_tile(Row, HeadDim).block_m, bwd_tile(Row, HeadDim).block_n, bwd_tile(Row, HeadDim).warps,
               bwd_tile(Row, HeadDim).sdp_warps_m, bwd_tile(Row, HeadDim).dkv_warps_n,
-              bwd_tile(Row, HeadDim).dq_warps_m, bwd_tile(Row, HeadDim).dq_passes, Element>;
+              bwd_tile(Row, HeadDim).dq_warps_m, bwd_tile(Row, HeadDim).dq_passes,
+              bwd_tile(Row, HeadDim).q_stages, Element>;
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
@@ -25,7 +26,7 @@ cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
 template <class T>
 cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   using Element = typename T::Element;
-  const size_t dq_bytes = size_t(p.rows_q_bound) * p.nheads * T::kHeadDim * sizeof(float);
+  const size_t dq_bytes = dq_accum_rows(p.rows_q_bound, p.batch, T::kBlockM) * p.nheads * T::kHeadDim * sizeof(float);
   cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, dq_bytes, stream);
   if (err == cudaSuccess && p.deterministic) {
     err = cudaMemsetAsync(p.dq_locks, 0, size_t(p.batch) * p.nheads * p.m_blocks * sizeof(int32_t), stream);
@@ -42,7 +43,7 @@ cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
     if (err != cudaSuccess) { return err; }
   }
 
-  if (p.seqlen_q > 0) { bwd_dq_convert_kernel<Element, T::kHeadDim><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
+  if (p.seqlen_q > 0) { bwd_dq_convert_kernel<T><<<dim3(p.m_blocks, p.nheads, p.batch), T::kThreads, 0, stream>>>(p); }
   if (p.group > 1 && p.seqlen_k > 0) {
     const dim3 k_rows(ceil_div(p.seqlen_k, kRowsPerBlock), p.nheads_k, p.batch);
     bwd_dkv_reduce_kernel<Element, T::kHeadDim><<<k_rows, kRowKernelThreads, 0, stream>>>(p);

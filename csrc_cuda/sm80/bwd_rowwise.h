@@ -1,6 +1,6 @@
 // The backward's memory-bound row kernels around the main kernel: D = rowsum(dO * O) before it,
-// and after it the conversion of the fp32 dQ sum and the fixed-order sum of grouped dK, dV
-// partials. Eight threads share a row, 8 elements (16 bytes of 16-bit data) each per step.
+// and after it the fixed-order sum of grouped dK, dV partials (dQ's conversion follows the main
+// kernel's layout: bwd_dq_accum.h). Eight threads share a row, 8 elements (16 bytes of 16-bit data) each per step.
 #pragma once
 
 #include <cute/numeric/numeric_types.hpp>
@@ -55,24 +55,6 @@ __global__ void __launch_bounds__(kRowKernelThreads) bwd_dsum_kernel(__grid_cons
 #pragma unroll
   for (int s = 1; s < kRowThreads; s *= 2) { sum += __shfl_xor_sync(0xffffffffu, sum, s); }
   if (row < seq.seqlen_q && lane == 0) { p.dsum[seq.lse_offset(p, b, h, p.rows_q_bound) + row] = sum; }
-}
-
-// dQ = softmax_scale * (fp32 sum), converted. grid (ceil(seqlen_q / kRowsPerBlock), nheads, batch)
-template <class Element, int kHeadDim>
-__global__ void __launch_bounds__(kRowKernelThreads) bwd_dq_convert_kernel(__grid_constant__ const BwdParams p) {
-  const int h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x % kRowThreads;
-  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kRowThreads;
-  const SeqInfo seq(p, b);
-  if (row >= seq.seqlen_q) { return; }
-  float const* src = p.dq_accum + ((seq.q_row0 + row) * p.nheads + h) * kHeadDim;
-  Element* dst = static_cast<Element*>(p.dq.ptr) + seq.q_offset(p.dq, b) + h * p.dq.head_stride +
-                 row * p.dq.row_stride;
-  for (int c = lane * 8; c < p.head_dim; c += kRowThreads * 8) {
-    float v[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) { v[i] = src[c + i] * p.softmax_scale; }
-    store8(dst + c, v, p.rtz);
-  }
 }
 
 // dK, dV of key head hk = sum over its query heads, in head order. grid (ceil(seqlen_k / kRowsPerBlock), nheads_k, batch)

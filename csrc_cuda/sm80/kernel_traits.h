@@ -75,23 +75,25 @@ struct FwdTraits {
 };
 
 template <int HeadDim, int BlockM, int BlockN, int Warps, int SdpWarpsM, int DkvWarpsN, int DqWarpsM, int DqPasses,
-          class Element_>
+          int QStages, class Element_>
 struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = HeadDim, kBlockM = BlockM, kBlockN = BlockN, kWarps = Warps;
   static constexpr int kThreads = 32 * Warps, kDqPasses = DqPasses, kDqCols = HeadDim / DqPasses;
+  static constexpr int kQStages = QStages;
+  static_assert(QStages == 1 || QStages == 2);
   using MmaSdP = WarpGridMma<Element, SdpWarpsM, Warps / SdpWarpsM>;    // (kBlockM x kBlockN)
   using MmaDkv = WarpGridMma<Element, DkvWarpsN, Warps / DkvWarpsN>;    // (kBlockN x kHeadDim)
   using MmaDq = WarpGridMma<Element, DqWarpsM, Warps / DqWarpsM>;       // (kBlockM x kDqCols)
   static_assert(kBlockM % (16 * SdpWarpsM) == 0 && kBlockN % (16 * (Warps / SdpWarpsM)) == 0);
   static_assert(kBlockN % (16 * DkvWarpsN) == 0 && kHeadDim % (16 * (Warps / DkvWarpsN)) == 0);
   static_assert(kBlockM % (16 * DqWarpsM) == 0 && kDqCols % (16 * (Warps / DqWarpsM)) == 0);
-  using SmemQ = SmemTile<kBlockM, kHeadDim>;   // Q and dO
+  using SmemQ = SmemTile<kBlockM, kHeadDim>;   // each Q buffer and dO
   using SmemKV = SmemTile<kBlockN, kHeadDim>;  // K and V
   using SmemPdS = SmemTile<kBlockM, kBlockN>;  // P and dS
   using GmemCopy = typename GmemTileCopy<Element, kThreads, kHeadDim>::type;
   static_assert(sizeof(Element) == 2);
-  static constexpr int kSmemBytes = int(bwd_smem_bytes(kBlockM, kBlockN, kHeadDim));
+  static constexpr int kSmemBytes = int(bwd_smem_bytes(kBlockM, kBlockN, kHeadDim, kQStages));
 };
 
 }  // namespace fa::sm80

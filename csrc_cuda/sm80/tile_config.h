@@ -19,11 +19,16 @@ constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 192, 256};
 constexpr size_t fwd_smem_bytes(int block_m, int block_n, int head_dim) {
   return size_t(block_m + 2 * block_n) * head_dim * 2;
 }
-// Backward: K, V (block_n rows), Q, dO (block_m rows), P and dS (block_m x block_n), all 16-bit;
-// the query rows' lse and D in fp32.
-constexpr size_t bwd_smem_bytes(int block_m, int block_n, int head_dim) {
-  return (size_t(2 * block_n + 2 * block_m) * head_dim + size_t(2) * block_m * block_n) * 2 + size_t(2) * block_m * 4;
+// Backward: K, V (block_n rows), q_stages buffers of Q and one of dO (block_m rows), P and dS
+// (block_m x block_n), all 16-bit; the query rows' lse (one per Q buffer) and D in fp32.
+constexpr size_t bwd_smem_bytes(int block_m, int block_n, int head_dim, int q_stages) {
+  return (size_t(2 * block_n + (q_stages + 1) * block_m) * head_dim + size_t(2) * block_m * block_n) * 2 +
+         size_t(q_stages + 1) * block_m * 4;
 }
+
+// Rows of the backward's fp32 dQ sum: every query block of every sequence owns a whole block_m-row
+// slot (bwd_dq_accum.h), so each sequence may take up to block_m rows more than it has.
+constexpr size_t dq_accum_rows(size_t rows_q, int batch, int block_m) { return rows_q + size_t(batch) * block_m; }
 
 struct FwdTile {
   int head_dim;    // bucket: any head_dim up to it runs with the rest of the tile zero-filled
@@ -44,7 +49,9 @@ struct BwdTile {
   int dq_warps_m;   // warp grid of dQ (block_m x head_dim): dq_warps_m x (warps / ...)
   int dq_passes;    // dQ formed and added in this many column slices: fewer live registers, and
                     // each slice's reductions drain while the next slice's product runs
-  constexpr size_t smem_bytes() const { return bwd_smem_bytes(block_m, block_n, head_dim); }
+  int q_stages;     // 2: the next query block's Q loads during the whole step, its dO from the
+                    // dV product on (FlashAttention-2's double buffer); 1: both after the dK product
+  constexpr size_t smem_bytes() const { return bwd_smem_bytes(block_m, block_n, head_dim, q_stages); }
 };
 
 // clang-format off
@@ -87,30 +94,31 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
 constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
   {  // SM80, 163 KB. Warp grids as square as the tile allows: a warp's operand loads grow with
      // its tile's rows + columns, its MMAs with their product (the FlashAttention-2 layouts).
-    { 32, 128, 128, 8, 4, 4, 4, 1},  // 96 KB
-    { 64, 128, 128, 8, 4, 4, 4, 1},  // 128 KB, FlashAttention-2's shape: 64 x 128 was 15 % slower (run h1)
-    { 96,  64, 128, 8, 2, 4, 4, 1},  // 104 KB
-    {128,  64, 128, 8, 2, 4, 2, 1},  // 128 KB; dK + dV take 128 registers per thread; dQ warps 32 x 32;
-                                     // dQ in 2 passes was 2.5 % slower (run m)
-    {192,  64,  64, 8, 4, 2, 2, 1},  // 112 KB; a 128-key block would need 192 dK/dV registers
-    {256,  64,  64, 8, 4, 2, 2, 2},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128;
-                                     // dQ in 2 passes: no spills (76 bytes in 1), +4 % (run m); 4: no gain
+     // A second Q buffer gained 2-3 % at d 64 and nothing at d 128 and 256 (run w).
+    { 32, 128, 128, 8, 4, 4, 4, 1, 2},  // 104 KB
+    { 64, 128, 128, 8, 4, 4, 4, 1, 2},  // 144 KB, FlashAttention-2's shape: 64 x 128 was 15 % slower (run h1)
+    { 96,  64, 128, 8, 2, 4, 4, 1, 1},  // 104 KB
+    {128,  64, 128, 8, 2, 4, 2, 1, 1},  // 128 KB; dK + dV take 128 registers per thread; dQ warps 32 x 32;
+                                        // dQ in 2 passes was 2.5 % slower (run m)
+    {192,  64,  64, 8, 4, 2, 2, 1, 1},  // 112 KB; a 128-key block would need 192 dK/dV registers
+    {256,  64,  64, 8, 4, 2, 2, 2, 1},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128;
+                                        // dQ in 2 passes: no spills (76 bytes in 1), +4 % (run m); 4: no gain
   },
   {  // SM86 / SM89, 99 KB
-    { 32, 128, 128, 8, 4, 4, 4, 1},  // as SM80 (96 KB)
-    { 64,  64, 128, 8, 2, 4, 2, 1},  // 80 KB: 128 x 128 needs 128 KB
-    { 96,  64,  64, 8, 2, 4, 4, 1},  // 64 KB: the 128-key block needs 104 KB
-    {128,  64,  64, 8, 2, 4, 4, 1},  // 80 KB
-    {192,  32,  64, 8, 2, 4, 2, 1},  // 80 KB: 64 query rows would need 112 KB
-    {256,  32,  32, 4, 2, 2, 2, 1},  // 68 KB: 4 warps, since 8 cannot tile a 32 x 32 score block
+    { 32, 128, 128, 8, 4, 4, 4, 1, 1},  // as SM80 with one Q buffer (96 KB)
+    { 64,  64, 128, 8, 2, 4, 2, 1, 1},  // 80 KB: 128 x 128 needs 128 KB
+    { 96,  64,  64, 8, 2, 4, 4, 1, 1},  // 64 KB: the 128-key block needs 104 KB
+    {128,  64,  64, 8, 2, 4, 4, 1, 1},  // 80 KB
+    {192,  32,  64, 8, 2, 4, 2, 1, 1},  // 80 KB: 64 query rows would need 112 KB
+    {256,  32,  32, 4, 2, 2, 2, 1, 1},  // 68 KB: 4 warps, since 8 cannot tile a 32 x 32 score block
   },
   {  // SM90, 227 KB: the SM80 shapes (see the forward table)
-    { 32, 128, 128, 8, 4, 4, 4, 1},
-    { 64, 128, 128, 8, 4, 4, 4, 1},
-    { 96,  64, 128, 8, 2, 4, 4, 1},
-    {128,  64, 128, 8, 2, 4, 2, 1},
-    {192,  64,  64, 8, 4, 2, 2, 1},
-    {256,  64,  64, 8, 4, 2, 2, 2},
+    { 32, 128, 128, 8, 4, 4, 4, 1, 2},
+    { 64, 128, 128, 8, 4, 4, 4, 1, 2},
+    { 96,  64, 128, 8, 2, 4, 4, 1, 1},
+    {128,  64, 128, 8, 2, 4, 2, 1, 1},
+    {192,  64,  64, 8, 4, 2, 2, 1, 1},
+    {256,  64,  64, 8, 4, 2, 2, 2, 1},
   },
 };
 // clang-format on
