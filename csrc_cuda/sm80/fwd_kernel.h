@@ -26,7 +26,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   using Element = typename T::Element;
   const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
-  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  // The last query block first: under a causal mask it sees the most keys, and the blocks launched
+  // last, which decide when the grid ends, are then the short ones.
+  const int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
 
   const SeqInfo seq(p, b);
   if (m_block * kBlockM >= seq.seqlen_q) { return; }
@@ -87,9 +89,15 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   const ScoreMod mod(p, b, h, mask.diag());
   const uint32_t bh = uint32_t(b * p.nheads + h);
 
+  // Q with the first K, then that block's V in a group of its own, so that the first S = Q K^T
+  // does not wait for V. Only this first (last-keyed) block can end past seqlen_k.
   load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, seq.seqlen_q - row0, p.head_dim);
   if (n_max > n_min) {
     load_tile(gmem_copy, tKgK(_, _, _, n_max - 1), tKsK, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
+  }
+  cp_async_fence();
+  if (n_max > n_min) {
+    load_tile(gmem_copy, tVgV(_, _, _, n_max - 1), tVsV, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
   }
   cp_async_fence();
 
@@ -97,14 +105,16 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     const int col0 = n * kBlockN;
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
     clear(acc_s);
-    cp_async_wait<0>();
-    __syncthreads();  // K(n) landed; every warp is done reading V(n+1)
-    if (n == n_max - 1) {  // only the first (last-keyed) block can end past seqlen_k
-      load_tile(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, seq.seqlen_k - col0, p.head_dim);
+    if (n == n_max - 1) {
+      cp_async_wait<1>();
     } else {
-      load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
+      cp_async_wait<0>();
     }
-    cp_async_fence();
+    __syncthreads();  // K(n) landed; every warp is done reading V(n+1)
+    if (n < n_max - 1) {
+      load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
+      cp_async_fence();
+    }
 
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma, s2r_q, s2r_k, tid);
     if (f.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
