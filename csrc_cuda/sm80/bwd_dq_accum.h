@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(T::kThreads) bwd_dq_convert_kernel(__grid_cons
   Tensor coord = mma_dq.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqCols>>{}));
   constexpr int kSlots = decltype(size(coord))::value;
   const float* chunk = dq_chunk<kBlockM, T::kHeadDim>(p, seq.q_row0, b, m, h) + tid * kDqVec;
-  Element* dst = static_cast<Element*>(p.dq.ptr) + seq.q_offset(p.dq, b) + h * p.dq.head_stride + row0 * p.dq.row_stride;
+  Element* dst =
+      static_cast<Element*>(p.dq.ptr) + seq.q_offset(p.dq, b) + h * p.dq.head_stride + row0 * p.dq.row_stride;
   const int max_rows = seq.seqlen_q - row0;
 #pragma unroll
   for (int j = 0; j < T::kDqPasses; ++j) {

@@ -182,9 +182,10 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   Tensor rows_of_s = make_tensor(tScS.data(), rowcol_layout(tScS.layout()));
   constexpr int kRows = decltype(size<0>(rows_of_s))::value;
 
-  // Q(m) and its lse into Q buffer m % kQStages; dO(m) and its D
+  // Q(m) and its lse into Q buffer q_buffer(m); dO(m) and its D
+  auto q_buffer = [](int m) { return kQStages == 1 ? 0 : m % 2; };
   auto load_q = [&](int m) {
-    const int stage = kQStages == 1 ? 0 : m % 2;
+    const int stage = q_buffer(m);
     load_tile(gmem_copy, tQgQ(_, _, _, m), q_stage(tQsQ, stage), tQcQ, seq.seqlen_q - m * kBlockM, p.head_dim);
     load_row_stat<kBlockM>(s_lse + stage * kBlockM, lse, m * kBlockM, seq.seqlen_q);
   };
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     const TileRows tile{m * kBlockM, col0, mask.tile_is_partial<kBlockM, kBlockN>(m, n_block),
                         uint32_t(b * p.nheads + h)};
     float lse_r[kRows], dsum_r[kRows];
-    const int stage = kQStages == 1 ? 0 : m % 2;
+    const int stage = q_buffer(m);
     const float* s_lse_m = s_lse + stage * kBlockM;
     Tensor tSsQ_m = q_stage(tSsQ, stage);
     cp_async_wait<0>();
