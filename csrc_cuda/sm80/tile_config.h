@@ -103,7 +103,8 @@ constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
                                         // dQ in 2 passes was 2.5 % slower (run m)
     {192,  64,  64, 8, 4, 2, 2, 1, 1},  // 112 KB; a 128-key block would need 192 dK/dV registers
     {256,  64,  64, 8, 4, 2, 2, 2, 1},  // 144 KB; dK, dV and dQ warps 32 x 64 instead of 16 x 128;
-                                        // dQ in 2 passes: no spills (76 bytes in 1), +4 % (run m); 4: no gain
+                                        // dQ in 2 passes: +4 % (run m; 1 spilled 76 bytes), and
+                                        // still +2-3 % with 1 spilling nothing (run ab); 4: no gain
   },
   {  // SM86 / SM89, 99 KB
     { 32, 128, 128, 8, 4, 4, 4, 1, 1},  // as SM80 with one Q buffer (96 KB)
