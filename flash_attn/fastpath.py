@@ -38,17 +38,28 @@ class _Plan:
         self.mask, self.device, self.fwd, self.lse_shape = mask, device, fwd, lse_shape
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
+        self.lse_sink = None
 
-    def forward(self, q, k, v, seq):
-        """seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)."""
+    def forward(self, q, k, v, seq, lse=None):
+        """(out, lse). seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        max_seqlen_k); lse: where the kernel writes it, a new tensor when None."""
         out = torch.empty_like(q)
-        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        if lse is None:
+            lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
         ptrs = (native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr())
         if seq is None:
             self.fwd(*ptrs)
         else:
             self.fwd(*ptrs, seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr())
         return out, lse
+
+    def infer(self, q, k, v, seq):
+        """out of a call without autograd. Nothing reads its lse, so the kernels write it into one
+        buffer the plan keeps (concurrent calls may overwrite each other's: no one reads it): one
+        allocation less per call, 3.4 µs of host time on the H100 machine (run ah)."""
+        if self.lse_sink is None:
+            self.lse_sink = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        return self.forward(q, k, v, seq, self.lse_sink)[0]
 
     def backward(self, dout, q, k, v, out, lse, seq):
         if (self.bwd is None or dout.stride() != out.stride() or dout.data_ptr() & self.mask
@@ -137,7 +148,7 @@ def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, det
         if _APPLY is not None:
             return _APPLY(q, k, v, plan, seq)
         return _PlannedAttention.apply(q, k, v, plan, seq)
-    return plan.forward(q, k, v, seq)[0]
+    return plan.infer(q, k, v, seq)
 
 
 def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, deterministic, grad) -> Optional[_Plan]:

@@ -126,6 +126,20 @@ def test_backward_struct_matches_general_path(stub):
     assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
 
 
+def test_inference_calls_share_the_plans_lse_buffer_and_grad_calls_do_not(stub):
+    q, k, v = _qkv()
+    lse_ptrs = []
+    for _ in range(2):
+        flash_attn.flash_attn_func(q, k, v)
+        lse_ptrs.append(_pointers(_last(stub, 0), native._FWD_POINTERS)[5])
+    plan = next(iter(fastpath._local.plans.values()))
+    assert lse_ptrs == [plan.lse_sink.data_ptr()] * 2
+    qg, kg, vg = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(qg, kg, vg)
+    saved_lse = out.grad_fn.saved_tensors[4]
+    assert _pointers(_last(stub, 0), native._FWD_POINTERS)[5] == saved_lse.data_ptr() != plan.lse_sink.data_ptr()
+
+
 def test_one_plan_per_signature_and_checks_on_first_sight(stub):
     q, k, v = _qkv()
     for _ in range(3):
