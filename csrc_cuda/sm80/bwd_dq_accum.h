@@ -42,11 +42,11 @@ constexpr int kDqVec = 1;
 #endif
 
 // The chunk of (sequence b, query block m, head h): block m of sequence b is row slot
-// first_row + (b + m) * kBlockM, so every sequence's last, partial block has a whole slot
+// seq.q_row0 + (b + m) * kBlockM, so every sequence's last, partial block has a whole slot
 // (dq_accum_rows in tile_config.h counts the padding).
 template <int kBlockM, int kHeadDim>
-__device__ __forceinline__ float* dq_chunk(BwdParams const& p, int64_t first_row, int b, int m, int h) {
-  const int64_t slot_row = first_row + int64_t(b + m) * kBlockM;
+__device__ __forceinline__ float* dq_chunk(BwdParams const& p, SeqInfo const& seq, int b, int m, int h) {
+  const int64_t slot_row = seq.q_row0 + int64_t(b + m) * kBlockM;
   return p.dq_accum + (slot_row * p.nheads + int64_t(h) * kBlockM) * kHeadDim;
 }
 
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_dq_convert_kernel(__grid_cons
   typename T::MmaDq mma_dq;
   Tensor coord = mma_dq.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqCols>>{}));
   constexpr int kSlots = decltype(size(coord))::value;
-  const float* chunk = dq_chunk<kBlockM, T::kHeadDim>(p, seq.q_row0, b, m, h) + tid * kDqVec;
+  const float* chunk = dq_chunk<kBlockM, T::kHeadDim>(p, seq, b, m, h) + tid * kDqVec;
   Element* dst =
       static_cast<Element*>(p.dq.ptr) + seq.q_offset(p.dq, b) + h * p.dq.head_stride + row0 * p.dq.row_stride;
   const int max_rows = seq.seqlen_q - row0;

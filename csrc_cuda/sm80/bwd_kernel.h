@@ -16,6 +16,7 @@
 #include "bwd_step.h"
 #include "fwd_epilogue.h"
 #include "kernel_traits.h"
+#include "score_ops.h"
 #include "tile_io.h"
 
 namespace fa::sm80 {
@@ -264,7 +265,7 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
     }
 
     int32_t* turn = nullptr;
-    float* dq_sum = dq_chunk<kBlockM, kHeadDim>(p, seq.q_row0, b, m, h);
+    float* dq_sum = dq_chunk<kBlockM, kHeadDim>(p, seq, b, m, h);
 #pragma unroll
     for (int j = 0; j < T::kDqPasses; ++j) {
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqCols>>{});  // (MMA, MMA_M, MMA_K)

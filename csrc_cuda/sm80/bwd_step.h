@@ -11,7 +11,6 @@
 #include "../common/fragment.h"
 #include "../common/mask.h"
 #include "../common/philox.h"
-#include "score_ops.h"
 
 namespace fa::sm80 {
 
