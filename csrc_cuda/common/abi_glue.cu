@@ -151,6 +151,7 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
 
 struct BwdWorkspace {
   size_t dsum, dq_accum, dq_locks, dk_accum, dv_accum, bytes;
+  size_t zeroed_end;  // [dq_accum, zeroed_end) is zeroed before the main kernel: the sum and the counters
 };
 
 BwdWorkspace plan_bwd(fa_problem const& pr, int bucket, sm80::ArchRow row) {
@@ -168,6 +169,7 @@ BwdWorkspace plan_bwd(fa_problem const& pr, int bucket, sm80::ArchRow row) {
                sizeof(float));
   w.dq_locks = at;
   at += deterministic ? align(size_t(pr.batch) * pr.nheads * m_blocks * sizeof(int32_t)) : 0;
+  w.zeroed_end = at;
   w.dk_accum = at;
   at += grouped ? align(rows_k * pr.nheads * bucket * sizeof(float)) : 0;
   w.dv_accum = at;
@@ -267,6 +269,7 @@ extern "C" int fa_bwd(const fa_bwd_params* prm) {
   p.dq_accum = reinterpret_cast<float*>(ws + w.dq_accum);
   p.deterministic = (pr.flags & FA_FLAG_DETERMINISTIC) != 0;
   p.dq_locks = p.deterministic ? reinterpret_cast<int32_t*>(ws + w.dq_locks) : nullptr;
+  p.zeroed_words = int64_t(w.zeroed_end - w.dq_accum) / 4;
   p.dk_accum = p.group > 1 ? reinterpret_cast<float*>(ws + w.dk_accum) : nullptr;
   p.dv_accum = p.group > 1 ? reinterpret_cast<float*>(ws + w.dv_accum) : nullptr;
   p.rows_q_bound = int64_t(pr.batch) * pr.seqlen_q;

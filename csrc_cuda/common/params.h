@@ -53,6 +53,7 @@ struct BwdParams : AttnParams {
   float* dsum;          // D = rowsum(dO * O), indexed like lse with total rows = rows_q_bound
   float* dq_accum;      // fp32 dQ sum in per-query-block chunks (sm80/bwd_dq_accum.h), zeroed before the main kernel
   int32_t* dq_locks;    // (batch, nheads, m_blocks) turn counters, deterministic mode only
+  int64_t zeroed_words;  // 32-bit words from dq_accum on (the sum, then the counters) the dsum kernel zeroes; a multiple of 4
   float* dk_accum;      // (rows_k_bound, nheads, kHeadDim) fp32 per query head when group > 1
   float* dv_accum;
   int64_t rows_q_bound;  // batch * seqlen_q: an upper bound of total_q in varlen

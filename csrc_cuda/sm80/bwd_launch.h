@@ -1,5 +1,6 @@
-// Host side of the backward: zero the fp32 dQ sum (and turn counters), D = rowsum(dO * O), the
-// main kernel, then the dQ conversion and, for grouped KV heads, the dK/dV reduction.
+// Host side of the backward: D = rowsum(dO * O) (whose kernel also zeroes the fp32 dQ sum and the
+// turn counters), the main kernel, then the dQ conversion and, for grouped KV heads, the dK/dV
+// reduction.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,20 +27,14 @@ cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
 template <class T>
 cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   using Element = typename T::Element;
-  const size_t dq_bytes = dq_accum_rows(p.rows_q_bound, p.batch, T::kBlockM) * p.nheads * T::kHeadDim * sizeof(float);
-  cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, dq_bytes, stream);
-  if (err == cudaSuccess && p.deterministic) {
-    err = cudaMemsetAsync(p.dq_locks, 0, size_t(p.batch) * p.nheads * p.m_blocks * sizeof(int32_t), stream);
-  }
-  if (err != cudaSuccess) { return err; }
-
   // An empty side launches nothing (a zero grid is an error): with no queries the keys' gradients
-  // are still written (zeros), with no keys dQ is converted from the zeroed sum.
+  // are still written (zeros) and nothing reads the dQ sum; with no keys dQ is converted from the
+  // sum the dsum kernel zeroed.
   const dim3 q_rows(ceil_div(p.seqlen_q, kRowsPerBlock), p.nheads, p.batch);
   if (p.seqlen_q > 0) { bwd_dsum_kernel<Element><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
 
   if (p.seqlen_k > 0) {
-    err = Features::any(p) ? launch_main<T, true>(p, stream) : launch_main<T, false>(p, stream);
+    const cudaError_t err = Features::any(p) ? launch_main<T, true>(p, stream) : launch_main<T, false>(p, stream);
     if (err != cudaSuccess) { return err; }
   }
 
