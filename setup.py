@@ -6,6 +6,8 @@ csrc_cuda/build.py or csrc_rocm/build.py and placed in flash_attn/_lib/. Switche
                                                      else CUDA if nvcc is found, else none
   FLASH_ATTENTION_SKIP_CUDA_BUILD=1, FLASH_ATTENTION_SKIP_ROCM_BUILD=1   skip that backend
   MAX_JOBS                                            parallel compile jobs (default: cores)
+With a native backend it also builds the C++ autograd node (csrc_torch/build.py) against the torch
+the build sees (--no-build-isolation); python csrc_torch/build.py builds it after installing.
 Narrowing the kernel set (archs, head dims, dtypes, directions) is documented in each build.py.
 """
 from __future__ import annotations
@@ -67,6 +69,23 @@ class BuildWithNative(build_py):
         out_lib = os.path.join(lib_root, "flash_attn", "_lib", f"libflash_attn_{target}.so")
         module = _load_build_module(target)
         module.build(build_dir=os.path.join(ROOT, "build", f"native_{target}"), out_lib=out_lib)
+        self._build_autograd_node(os.path.dirname(out_lib))
+
+    @staticmethod
+    def _build_autograd_node(out_dir: str) -> None:
+        """The C++ autograd node (csrc_torch/) must match the torch it runs with, so it is built
+        only where the build sees that torch (--no-build-isolation); without it every call still
+        works, with more host time per call."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("flash_attn: torch is not visible to this build (build isolation): the C++ autograd "
+                  "node is not built; run python csrc_torch/build.py after installing")
+            return
+        try:
+            _load_build_module("torch").build(out_dir=out_dir)
+        except Exception as e:  # optional: a failure leaves the Python node, and says so
+            print(f"flash_attn: the C++ autograd node was not built ({e}); calls use the Python node")
 
 
 # dispatch/ is installed as flash_attn.dispatch (the design card keeps it at the top level);

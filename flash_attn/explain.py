@@ -8,7 +8,7 @@ import torch
 
 from . import _validate as V
 from . import ops
-from .backends import registry
+from .backends import autograd_node, registry
 from .dispatch import capabilities, flags as flagmod, hardware, select as selmod
 
 
@@ -100,6 +100,7 @@ def info_text() -> str:
     for name, lib in registry.NATIVE_LIBRARY.items():
         info = selmod.library_info(lib)
         lines.append(f"  {name}: {'not installed' if info is None else info}")
+    lines.append(f"autograd node of planned dense calls: {autograd_node.describe()}")
     for target in _targets(flags):
         lines.append(f"device: {target.describe()}")
         for label, direction, head_dim, feats in SAMPLE_CALLS:

@@ -17,6 +17,8 @@ for the device, one at a time, with a struct of its own.
 """
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from typing import Optional
 
@@ -24,7 +26,7 @@ import torch
 
 from . import _validate as V
 from . import ops
-from .backends import native, registry
+from .backends import autograd_node, native, registry
 from .dispatch import flags as flagmod
 
 _MAX_PLANS = 512
@@ -39,6 +41,7 @@ class _Plan:
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.lse_sink = None
+        self.node = self.attend = None  # the C++ autograd node's plan and entry point, where built
 
     def forward(self, q, k, v, seq, lse=None):
         """(out, lse). seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -145,6 +148,8 @@ def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, det
     if plan is False or (q.data_ptr() | k.data_ptr() | v.data_ptr()) & plan.mask:
         return None
     if grad:
+        if plan.node is not None:
+            return plan.attend(q, k, v, plan.node)
         if _APPLY is not None:
             return _APPLY(q, k, v, plan, seq)
         return _PlannedAttention.apply(q, k, v, plan, seq)
@@ -180,4 +185,28 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
                                           torch.empty_like(v), bchoice.target.sm)
             if packed is not None:
                 bwd, ws_bytes = packed
-    return _Plan(lib.pointer_mask, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
+    plan = _Plan(lib.pointer_mask, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
+    if grad and seq is None:
+        _attach_node(plan, lib)
+    return plan
+
+
+def _attach_node(plan: _Plan, lib) -> None:
+    """Gives a dense grad plan the C++ autograd node where it is built for this torch: the node
+    records the graph and runs the planned backward without Python (autograd_node.py)."""
+    module, _ = autograd_node.load()
+    if module is None:
+        return
+    bwd = plan.bwd
+    plan.node = module.make_plan(
+        lib.name, lib.last_error_address, plan.fwd.fn_address, plan.fwd.params, list(native._FWD_POINTERS),
+        0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
+        plan.ws_bytes, list(plan.lse_shape), plan.mask, [(n, os.environ.get(n)) for n in flagmod.ALL],
+        torch.are_deterministic_algorithms_enabled(), functools.partial(_general_backward, plan.general_args))
+    plan.attend = module.attention
+
+
+def _general_backward(general_args, dout, q, k, v, out, lse):
+    """The C++ node's backward where its plan does not apply (a dout laid out unlike out, changed
+    flags): the general path, as _Plan.backward takes it."""
+    return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, *_DENSE, *general_args)

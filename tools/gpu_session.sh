@@ -3,7 +3,8 @@
 # in one leaves the others' results. Runs from the source checkout. Logs go to $OUT
 # (at most 8 files come back), one summary line per stage to stdout.
 #   tools/gpu_session.sh STAGE...
-#     build   builds flash_attn/_lib/libflash_attn_cuda.so there (sm_90, all jobs), CuTe headers
+#     build   builds flash_attn/_lib/libflash_attn_cuda.so there (sm_90, all jobs) and the C++
+#             autograd node (csrc_torch/build.py, against that machine's torch), CuTe headers
 #             from .carry/cutlass_include.tar.xz (git-ignored; make it here with
 #             tar -cJf .carry/cutlass_include.tar.xz -C <site-packages>/cutlass_library/source include
 #             and name .carry in the device call's carry); RETURN_LIB=1 returns it xz-compressed
@@ -39,6 +40,7 @@ for what in "$@"; do
     mkdir -p /tmp/cutlass && tar -xJf .carry/cutlass_include.tar.xz -C /tmp/cutlass
     CUTLASS_INCLUDE_DIR=/tmp/cutlass/include FLASH_ATTENTION_CUDA_ARCHS=90 MAX_JOBS=$(nproc) \
       stage build 420 python csrc_cuda/build.py
+    stage build_node 120 python csrc_torch/build.py
     [ -n "${RETURN_LIB:-}" ] && xz -T0 -1 -c flash_attn/_lib/libflash_attn_cuda.so > "$OUT/libflash_attn_cuda.so.xz"
     grep -E "error" "$OUT/build.log" | head -n 20
     ;;

@@ -137,6 +137,15 @@ class PackedCall:
         self._slots = tuple(ctype.from_buffer(self.buf, off) for off, ctype in slots)
         self._fn, self._check, self._what = fn, check, what
 
+    @property
+    def fn_address(self) -> int:
+        """The C function's address (for the C++ autograd node, which calls it directly)."""
+        return ctypes.cast(self._fn, ctypes.c_void_p).value
+
+    @property
+    def params(self) -> bytes:
+        return self.buf.raw
+
     def __call__(self, *values: int) -> None:
         for slot, value in zip(self._slots, values):
             slot.value = value
@@ -250,6 +259,10 @@ class NativeLibrary:
             if s[-1] != 1 or math.gcd(*s[:-1]) % m:
                 return False
         return True
+
+    @property
+    def last_error_address(self) -> int:
+        return ctypes.cast(self._lib.fa_last_error, ctypes.c_void_p).value
 
     @property
     def pointer_mask(self) -> int:

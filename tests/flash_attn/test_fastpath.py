@@ -1,7 +1,9 @@
 """The per-signature fast path (flash_attn/fastpath.py) against the general path, on the CPU: a
 stub library with the C ABI records the params struct of each call, and the dispatcher is told
 the device is an sm90 GPU. A plan must pass the library exactly what the general path passes
-(pointers aside, which are checked against the tensors), and fall back where it does not apply."""
+(pointers aside, which are checked against the tensors), and fall back where it does not apply.
+Calls with autograd run under both autograd nodes (the `node` fixture): the C++ one
+(csrc_torch/autograd_node.cpp, built for this torch) and the Python one."""
 from __future__ import annotations
 
 import ctypes
@@ -16,20 +18,25 @@ import torch
 
 import flash_attn
 from flash_attn import fastpath, ops
-from flash_attn.backends import native, registry
+from flash_attn.backends import autograd_node, native, registry
 from flash_attn.dispatch import hardware
 
 REPO = Path(__file__).resolve().parents[2]
 STUB = r"""
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 static unsigned char last[2][4096];
 int fa_abi_version(void) { return %d; }
 const char* fa_build_info(void) { return %s; }
-const char* fa_last_error(void) { return ""; }
+const char* fa_last_error(void) { return getenv("FA_STUB_FAIL") ? "the stub was told to fail" : ""; }
 int fa_fwd_workspace_size(const void* p, size_t* b) { *b = 0; return 0; }
 int fa_bwd_workspace_size(const void* p, size_t* b) { *b = 4096; return 0; }
-static int keep(int which, const void* p) { memcpy(last[which], p, ((const unsigned*)p)[1]); return 0; }
+static int keep(int which, const void* p) {
+  if (getenv("FA_STUB_FAIL")) { return 7; }
+  memcpy(last[which], p, ((const unsigned*)p)[1]);
+  return 0;
+}
 int fa_fwd(const void* p) { return keep(0, p); }
 int fa_bwd(const void* p) { return keep(1, p); }
 void stub_last(int which, void* out, size_t n) { memcpy(out, last[which], n); }
@@ -64,6 +71,21 @@ def stub(tmp_path, monkeypatch):
     lib.stub_last.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     yield lib
     reset()
+
+
+@pytest.fixture(params=["cpp", "python"])
+def node(request, monkeypatch):
+    """The autograd node planned grad calls get: the C++ one or the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(autograd_node, "_state", (None, "the test asks for the Python node"))
+    else:
+        module, why = autograd_node.load()
+        if module is None:
+            pytest.skip(f"the C++ autograd node is not built: {why}")
+    return request.param
+
+
+_NODE_TYPE = {"cpp": "CppFunction", "python": "_PlannedAttentionBackward"}
 
 
 def _last(lib, which: int) -> bytes:
@@ -109,9 +131,10 @@ def test_forward_struct_matches_general_path(stub, kw):
     assert out.shape == out2.shape and out.stride() == out2.stride()
 
 
-def test_backward_struct_matches_general_path(stub):
+def test_backward_struct_matches_general_path(stub, node):
     q, k, v = _qkv(grad=True)
     out = flash_attn.flash_attn_func(q, k, v, causal=True)
+    assert type(out.grad_fn).__name__ == _NODE_TYPE[node]
     dout = torch.randn_like(out)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
     fast = _last(stub, 1)
@@ -126,7 +149,7 @@ def test_backward_struct_matches_general_path(stub):
     assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
 
 
-def test_inference_calls_share_the_plans_lse_buffer_and_grad_calls_do_not(stub):
+def test_inference_calls_share_the_plans_lse_buffer_and_grad_calls_do_not(stub, node):
     q, k, v = _qkv()
     lse_ptrs = []
     for _ in range(2):
@@ -136,8 +159,10 @@ def test_inference_calls_share_the_plans_lse_buffer_and_grad_calls_do_not(stub):
     assert lse_ptrs == [plan.lse_sink.data_ptr()] * 2
     qg, kg, vg = _qkv(grad=True)
     out = flash_attn.flash_attn_func(qg, kg, vg)
-    saved_lse = out.grad_fn.saved_tensors[4]
-    assert _pointers(_last(stub, 0), native._FWD_POINTERS)[5] == saved_lse.data_ptr() != plan.lse_sink.data_ptr()
+    lse_ptr = _pointers(_last(stub, 0), native._FWD_POINTERS)[5]
+    assert lse_ptr != plan.lse_sink.data_ptr()
+    torch.autograd.grad(out, (qg, kg, vg), torch.randn_like(out))
+    assert _pointers(_last(stub, 1), native._BWD_POINTERS)[6] == lse_ptr  # the backward reads its forward's lse
 
 
 def test_one_plan_per_signature_and_checks_on_first_sight(stub):
@@ -212,7 +237,7 @@ def test_varlen_backward_takes_the_general_path(stub):
     assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
 
 
-def test_flags_changed_before_backward_reach_it(stub, monkeypatch):
+def test_flags_changed_before_backward_reach_it(stub, node, monkeypatch):
     """The backward honours FLASH_ATTENTION_INTERNAL_DETERMINISTIC as set when it runs, as the
     general path does, even though the forward's plan was made without it."""
     monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_DETERMINISTIC", "0")
@@ -225,13 +250,75 @@ def test_flags_changed_before_backward_reach_it(stub, monkeypatch):
     assert flags & native.FA_FLAG_DETERMINISTIC
 
 
-def test_autograd_node_comes_from_the_c_apply(stub):
-    """The plan's autograd node is made without torch's Python wrapper of Function.apply; under a
-    functorch transform the fast path steps aside, so the caller gets torch's own message (these
+def test_autograd_node_comes_from_the_c_apply(stub, node):
+    """The Python node is made without torch's Python wrapper of Function.apply; under a functorch
+    transform the fast path steps aside (either node), so the caller gets torch's own message (these
     Functions do not support functorch) instead of a failed data_ptr on a wrapper tensor."""
     assert fastpath._APPLY is not None, "torch lost _FunctionBase.apply: the fast path pays the Python wrapper"
     q, k, v = _qkv(grad=True)
     out = flash_attn.flash_attn_func(q, k, v)
-    assert type(out.grad_fn).__name__ == "_PlannedAttentionBackward"
+    assert type(out.grad_fn).__name__ == _NODE_TYPE[node]
     with pytest.raises(RuntimeError, match="setup_context"):
         torch.func.grad(lambda q_: flash_attn.flash_attn_func(q_, k, v).float().sum())(q)
+
+
+def test_dout_laid_out_unlike_out_takes_the_general_path(stub, node):
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    dout = torch.randn(out.shape[0], out.shape[2], out.shape[1], out.shape[3], dtype=out.dtype).transpose(1, 2)
+    torch.autograd.grad(out, (q, k, v), dout)
+    fast = _last(stub, 1)
+    assert _pointers(fast, native._BWD_POINTERS)[5] == dout.data_ptr()
+    lse = torch.empty(ops._lse_shape(q, None), dtype=torch.float32)
+    ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, None, None, 0, 0, 64 ** -0.5, -1, -1, 0.0, 0.0, False)
+    assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(_last(stub, 1), native._BWD_POINTERS)
+
+
+def test_deterministic_algorithms_enabled_before_backward_reach_it(stub, node):
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    flags_at, = native._offsets(native._BwdParams, "problem.flags")
+    flags = int.from_bytes(_last(stub, 1)[flags_at:flags_at + 4], "little")
+    assert flags & native.FA_FLAG_DETERMINISTIC
+
+
+def test_library_failures_raise_its_message(stub, node, monkeypatch):
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    monkeypatch.setenv("FA_STUB_FAIL", "1")
+    with pytest.raises(RuntimeError, match=r"flash_attn cuda backend: backward failed \(status 7\): "
+                                           r"the stub was told to fail"):
+        torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    with pytest.raises(RuntimeError, match=r"forward failed \(status 7\): the stub was told to fail"):
+        flash_attn.flash_attn_func(q, k, v)
+
+
+def test_graph_semantics_match_torch(stub, node):
+    """retain_graph keeps the saved tensors for a second backward; without it they are freed; an
+    input changed in place after the forward is caught, as for any torch op."""
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v)
+    dout = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v), dout)
+    assert [g.shape for g in first] == [g.shape for g in second] == [q.shape, k.shape, v.shape]
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        torch.autograd.grad(out, (q, k, v), dout)
+    out = flash_attn.flash_attn_func(q, k, v)
+    with torch.no_grad():
+        k.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out, (q, k, v), dout)
+
+
+def test_gradients_reach_only_inputs_that_require_them(stub, node):
+    q, k, v = _qkv(grad=True)
+    k.requires_grad_(False)
+    out = flash_attn.flash_attn_func(q, k, v)
+    out.backward(torch.randn_like(out))
+    assert q.grad is not None and v.grad is not None and k.grad is None

@@ -1,0 +1,194 @@
+// The one translation unit that links against torch: a C++ autograd node for the planned dense
+// calls of flash_attn/fastpath.py. A Python autograd.Function costs 8-14 µs more per forward than
+// SDPA's C++ node on the H100 machine, and its backward needs the GIL on the autograd engine's
+// thread; this node records the graph and runs the planned backward in C++ instead.
+//
+// The kernels stay in the torch-free library (DESIGN.md): this module only fills the params
+// structs that native.py packed for one call signature, allocates through torch and calls the
+// library's C ABI through the function pointers it is given. It must be built against the exact
+// torch it runs with (csrc_torch/build.py names the file after torch's version and the Python
+// ABI); flash_attn/backends/autograd_node.py loads it only then, and otherwise flash_attn keeps its
+// Python node.
+#include <torch/extension.h>
+
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+namespace py = pybind11;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using AbiCall = int (*)(const void*);
+using LastError = const char* (*)();
+
+uint64_t address(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); }
+
+// The current stream's cudaStream_t (hipStream_t under ROCm torch) through c10's device-generic
+// interface: no CUDA headers and no c10_cuda, so the module also builds against a CPU torch. CPU
+// tensors reach a plan only in the tests that stand a stub library in for the kernels: no stream.
+uint64_t current_stream(const at::Tensor& t) {
+  if (t.device().is_cpu()) { return 0; }
+  const c10::Stream s = c10::impl::getDeviceGuardImpl(t.device().type())->getStream(t.device());
+  return reinterpret_cast<uintptr_t>(s.native_handle());
+}
+
+// One C ABI entry point with a params struct packed for one call signature; a call copies the
+// struct and writes the per-call values (the stream, then the pointers) into its slots.
+struct Packed {
+  AbiCall fn = nullptr;
+  std::string params;
+  std::vector<int64_t> slots;  // byte offsets of 8-byte fields, in the order call() takes them
+
+  void call(std::initializer_list<uint64_t> values, LastError last_error, const std::string& backend,
+            const char* what) const {
+    std::string p = params;  // a copy per call: the backward may run on several engine threads
+    auto slot = slots.begin();
+    for (uint64_t v : values) { std::memcpy(&p[*slot++], &v, sizeof v); }
+    const int status = fn(p.data());
+    TORCH_CHECK(status == 0, "flash_attn ", backend, " backend: ", what, " failed (status ", status,
+                "): ", last_error());
+  }
+};
+
+// A Python object owned from C++; the last owner may be the autograd engine's thread, which does
+// not hold the GIL.
+struct PyRef {
+  explicit PyRef(py::object o) : obj(o.release().ptr()) {}
+  PyRef(const PyRef&) = delete;
+  PyRef& operator=(const PyRef&) = delete;
+  ~PyRef() {
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      Py_DECREF(obj);
+    }
+  }
+  PyObject* obj;
+};
+
+struct Plan {
+  std::string backend;
+  Packed fwd, bwd;  // bwd.fn null: no planned backward, the general path always
+  int64_t workspace_bytes = 0;
+  std::vector<int64_t> lse_shape;
+  uint64_t pointer_mask = 0;
+  LastError last_error = nullptr;
+  // The flags' raw values and torch's deterministic setting when the plan was made: a backward
+  // that sees others takes the general path, which chooses its backend again.
+  std::vector<std::pair<std::string, std::optional<std::string>>> env;
+  bool deterministic_algorithms = false;
+  std::unique_ptr<PyRef> general_backward;  // (dout, q, k, v, out, lse) -> (dq, dk, dv)
+
+  bool state_unchanged() const {
+    if (at::globalContext().deterministicAlgorithms() != deterministic_algorithms) { return false; }
+    for (auto const& [name, value] : env) {
+      const char* now = std::getenv(name.c_str());
+      if (value.has_value() != (now != nullptr) || (now != nullptr && *value != now)) { return false; }
+    }
+    return true;
+  }
+};
+
+// What the node's context keeps of the plan (saved_data holds IValues).
+struct PlanHolder : torch::CustomClassHolder {
+  explicit PlanHolder(std::shared_ptr<Plan> p) : plan(std::move(p)) {}
+  std::shared_ptr<Plan> plan;
+};
+
+variable_list general_backward(Plan const& plan, const at::Tensor& dout, variable_list const& saved) {
+  py::gil_scoped_acquire gil;
+  py::handle fn(plan.general_backward->obj);
+  auto grads = fn(dout, saved[0], saved[1], saved[2], saved[3], saved[4]).cast<std::vector<at::Tensor>>();
+  TORCH_CHECK(grads.size() == 3, "flash_attn: the general backward returned ", grads.size(), " gradients, not 3");
+  return {grads[0], grads[1], grads[2], at::Tensor()};
+}
+
+struct PlannedAttention : torch::autograd::Function<PlannedAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::shared_ptr<Plan>& plan) {
+    const c10::DeviceGuard device(q.device());
+    at::Tensor out = at::empty_like(q);
+    at::Tensor lse = at::empty(plan->lse_shape, q.options().dtype(at::kFloat));
+    plan->fwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(lse)}, plan->last_error,
+                   plan->backend, "forward");
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["plan"] = c10::IValue::make_capsule(c10::make_intrusive<PlanHolder>(plan));
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    auto holder = ctx->saved_data["plan"].toCapsule();
+    Plan const& plan = *static_cast<PlanHolder*>(holder.get())->plan;
+    const at::Tensor& dout = grads[0];  // materialized: zeros when out got no gradient
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    if (plan.bwd.fn == nullptr || dout.strides() != out.strides() || (address(dout) & plan.pointer_mask) ||
+        !plan.state_unchanged()) {
+      return general_backward(plan, dout, saved);
+    }
+    at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+    at::Tensor workspace;
+    if (plan.workspace_bytes > 0) { workspace = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte)); }
+    plan.bwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(dout), address(lse), address(dq),
+                   address(dk), address(dv), workspace.defined() ? address(workspace) : 0},
+                  plan.last_error, plan.backend, "backward");
+    return {dq, dk, dv, at::Tensor()};
+  }
+};
+
+Packed packed(uint64_t fn, py::bytes params, std::vector<int64_t> slots, size_t values) {
+  Packed p;
+  p.fn = reinterpret_cast<AbiCall>(static_cast<uintptr_t>(fn));
+  p.params = params;
+  TORCH_CHECK(fn == 0 || slots.size() == values, "flash_attn: a packed call needs ", values, " slots, got ",
+              slots.size());
+  for (int64_t at : slots) {
+    TORCH_CHECK(at >= 0 && size_t(at) + 8 <= p.params.size(), "flash_attn: slot offset ", at,
+                " lies outside the params struct (", p.params.size(), " bytes)");
+  }
+  p.slots = std::move(slots);
+  return p;
+}
+
+std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64_t fwd_fn, py::bytes fwd_params,
+                                std::vector<int64_t> fwd_slots, uint64_t bwd_fn, py::bytes bwd_params,
+                                std::vector<int64_t> bwd_slots, int64_t workspace_bytes,
+                                std::vector<int64_t> lse_shape, uint64_t pointer_mask,
+                                std::vector<std::pair<std::string, std::optional<std::string>>> env,
+                                bool deterministic_algorithms, py::object general_backward) {
+  TORCH_CHECK(fwd_fn != 0 && last_error != 0, "flash_attn: a plan needs the forward and fa_last_error");
+  auto plan = std::make_shared<Plan>();
+  plan->backend = std::move(backend);
+  plan->last_error = reinterpret_cast<LastError>(static_cast<uintptr_t>(last_error));
+  plan->fwd = packed(fwd_fn, fwd_params, std::move(fwd_slots), 6);
+  plan->bwd = packed(bwd_fn, bwd_params, std::move(bwd_slots), 11);
+  plan->workspace_bytes = workspace_bytes;
+  plan->lse_shape = std::move(lse_shape);
+  plan->pointer_mask = pointer_mask;
+  plan->env = std::move(env);
+  plan->deterministic_algorithms = deterministic_algorithms;
+  plan->general_backward = std::make_unique<PyRef>(std::move(general_backward));
+  return plan;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "flash_attn's C++ autograd node for planned dense calls (csrc_torch/autograd_node.cpp)";
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan");
+  m.def("make_plan", &make_plan);
+  m.def("attention", [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const std::shared_ptr<Plan>& plan) { return PlannedAttention::apply(q, k, v, plan); });
+  m.attr("torch_version") = FA_TORCH_VERSION;
+}
