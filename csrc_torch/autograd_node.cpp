@@ -20,6 +20,7 @@
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +33,12 @@ using torch::autograd::variable_list;
 
 using AbiCall = int (*)(const void*);
 using LastError = const char* (*)();
+
+// Errors are built with std::string and std::to_string, never through an iostream (TORCH_CHECK's
+// message formatting): on the H100 machine (torch 2.11 wheel, g++ 13) inserting an int into an
+// ostream from this module crashed in the locale's number facet (benchmarks/results run be).
+// pybind11 and the autograd engine both turn std::runtime_error into Python's RuntimeError.
+[[noreturn]] void fail(std::string message) { throw std::runtime_error(std::move(message)); }
 
 uint64_t address(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()); }
 
@@ -57,8 +64,10 @@ struct Packed {
     auto slot = slots.begin();
     for (uint64_t v : values) { std::memcpy(&p[*slot++], &v, sizeof v); }
     const int status = fn(p.data());
-    TORCH_CHECK(status == 0, "flash_attn ", backend, " backend: ", what, " failed (status ", status,
-                "): ", last_error());
+    if (status != 0) {
+      fail("flash_attn " + backend + " backend: " + what + " failed (status " + std::to_string(status) +
+           "): " + last_error());
+    }
   }
 };
 
@@ -110,7 +119,7 @@ variable_list general_backward(Plan const& plan, const at::Tensor& dout, variabl
   py::gil_scoped_acquire gil;
   py::handle fn(plan.general_backward->obj);
   auto grads = fn(dout, saved[0], saved[1], saved[2], saved[3], saved[4]).cast<std::vector<at::Tensor>>();
-  TORCH_CHECK(grads.size() == 3, "flash_attn: the general backward returned ", grads.size(), " gradients, not 3");
+  if (grads.size() != 3) { fail("flash_attn: the general backward returned " + std::to_string(grads.size()) + " gradients, not 3"); }
   return {grads[0], grads[1], grads[2], at::Tensor()};
 }
 
@@ -151,11 +160,14 @@ Packed packed(uint64_t fn, py::bytes params, std::vector<int64_t> slots, size_t 
   Packed p;
   p.fn = reinterpret_cast<AbiCall>(static_cast<uintptr_t>(fn));
   p.params = params;
-  TORCH_CHECK(fn == 0 || slots.size() == values, "flash_attn: a packed call needs ", values, " slots, got ",
-              slots.size());
+  if (fn != 0 && slots.size() != values) {
+    fail("flash_attn: a packed call needs " + std::to_string(values) + " slots, got " + std::to_string(slots.size()));
+  }
   for (int64_t at : slots) {
-    TORCH_CHECK(at >= 0 && size_t(at) + 8 <= p.params.size(), "flash_attn: slot offset ", at,
-                " lies outside the params struct (", p.params.size(), " bytes)");
+    if (at < 0 || size_t(at) + 8 > p.params.size()) {
+      fail("flash_attn: slot offset " + std::to_string(at) + " lies outside the params struct (" +
+           std::to_string(p.params.size()) + " bytes)");
+    }
   }
   p.slots = std::move(slots);
   return p;
@@ -167,7 +179,7 @@ std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64
                                 std::vector<int64_t> lse_shape, uint64_t pointer_mask,
                                 std::vector<std::pair<std::string, std::optional<std::string>>> env,
                                 bool deterministic_algorithms, py::object general_backward) {
-  TORCH_CHECK(fwd_fn != 0 && last_error != 0, "flash_attn: a plan needs the forward and fa_last_error");
+  if (fwd_fn == 0 || last_error == 0) { fail("flash_attn: a plan needs the forward and fa_last_error"); }
   auto plan = std::make_shared<Plan>();
   plan->backend = std::move(backend);
   plan->last_error = reinterpret_cast<LastError>(static_cast<uintptr_t>(last_error));

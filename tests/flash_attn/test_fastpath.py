@@ -274,6 +274,16 @@ def test_dout_laid_out_unlike_out_takes_the_general_path(stub, node):
     assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(_last(stub, 1), native._BWD_POINTERS)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_argument_reaches_the_backward(stub, node, deterministic):
+    q, k, v = _qkv(grad=True)
+    out = flash_attn.flash_attn_func(q, k, v, deterministic=deterministic)
+    torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    flags_at, = native._offsets(native._BwdParams, "problem.flags")
+    flags = int.from_bytes(_last(stub, 1)[flags_at:flags_at + 4], "little")
+    assert bool(flags & native.FA_FLAG_DETERMINISTIC) == deterministic
+
+
 def test_deterministic_algorithms_enabled_before_backward_reach_it(stub, node):
     q, k, v = _qkv(grad=True)
     out = flash_attn.flash_attn_func(q, k, v)

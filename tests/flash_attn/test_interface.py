@@ -13,7 +13,8 @@ import flash_attn
 from flash_attn import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
                         flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
                         flash_attn_varlen_qkvpacked_func)
-from flash_attn.backends import native, registry
+from flash_attn import fastpath
+from flash_attn.backends import autograd_node, native, registry
 from flash_attn.bert_padding import pad_input, unpad_input
 from helpers import DTYPES, Oracle, check_lse, random_padding_mask, randn, round_toward_zero
 
@@ -353,7 +354,11 @@ def test_deterministic_backward_is_bitwise_reproducible(device, how, monkeypatch
 def test_deterministic_reaches_the_backend(device, how, expected, monkeypatch):
     """The backward receives deterministic=True from the argument or the environment flag (on the
     CPU every result is reproducible anyway, so watch what the backend is told): through a backend
-    object on the general path, through the params struct's flags on the fast path (fastpath.py)."""
+    object on the general path, through the params struct's flags on the fast path (fastpath.py).
+    The spy sits in Python, so planned calls take the Python autograd node here; the C++ node gets
+    the same params struct (tests/flash_attn/test_fastpath.py checks it bit for bit)."""
+    monkeypatch.setattr(autograd_node, "_state", (None, "the test spies on the Python node's library calls"))
+    monkeypatch.setattr(fastpath._local, "plans", {}, raising=False)
     seen = []
     for impl in registry.IMPLEMENTATIONS.values():
         def spy(*a, _real=impl.backward, **kw):
