@@ -1,7 +1,8 @@
-// The one translation unit that links against torch: a C++ autograd node for the planned dense
-// calls of flash_attn/fastpath.py. A Python autograd.Function costs 8-14 µs more per forward than
-// SDPA's C++ node on the H100 machine, and its backward needs the GIL on the autograd engine's
-// thread; this node records the graph and runs the planned backward in C++ instead.
+// The one translation unit that links against torch: the planned dense calls of
+// flash_attn/fastpath.py in C++, a per-thread cache of them and their autograd node. A Python
+// autograd.Function costs 8-14 µs more per forward than SDPA's C++ node on the H100 machine, and
+// its backward needs the GIL on the autograd engine's thread; this node records the graph and
+// runs the planned backward in C++ instead.
 //
 // The kernels stay in the torch-free library (DESIGN.md): this module only fills the params
 // structs that native.py packed for one call signature, allocates through torch and calls the
@@ -21,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -98,6 +100,7 @@ struct Plan {
   std::vector<std::pair<std::string, std::optional<std::string>>> env;
   bool deterministic_algorithms = false;
   std::unique_ptr<PyRef> general_backward;  // (dout, q, k, v, out, lse) -> (dq, dk, dv)
+  at::Tensor lse_sink;  // where inference calls write their lse (nothing reads it)
 
   bool state_unchanged() const {
     if (at::globalContext().deterministicAlgorithms() != deterministic_algorithms) { return false; }
@@ -158,9 +161,10 @@ struct PlannedAttention : torch::autograd::Function<PlannedAttention> {
 
 Packed packed(uint64_t fn, py::bytes params, std::vector<int64_t> slots, size_t values) {
   Packed p;
+  if (fn == 0) { return p; }  // no such call planned
   p.fn = reinterpret_cast<AbiCall>(static_cast<uintptr_t>(fn));
   p.params = params;
-  if (fn != 0 && slots.size() != values) {
+  if (slots.size() != values) {
     fail("flash_attn: a packed call needs " + std::to_string(values) + " slots, got " + std::to_string(slots.size()));
   }
   for (int64_t at : slots) {
@@ -194,13 +198,124 @@ std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64
   return plan;
 }
 
+// ---- The per-thread cache of planned dense calls ---------------------------------------------
+// fastpath.py's own lookup (a tuple key of 20 fields built in Python) costs about as much as the
+// rest of a call; here the key is built from the tensors' metadata in C++. A miss returns None and
+// fastpath.py plans the call (running the argument checks) and registers the plan; a call the
+// cache knows but cannot serve (a signature not planned, a misaligned pointer) returns False.
+
+std::vector<std::string> g_flag_names;  // fastpath.py's flags (set once, by configure)
+
+void put(std::string& key, const void* data, size_t n) { key.append(static_cast<const char*>(data), n); }
+template <class T>
+void put(std::string& key, T value) { put(key, &value, sizeof value); }
+
+void put_tensor(std::string& key, const at::Tensor& t) {
+  put(key, int64_t(t.dim()));
+  put(key, t.sizes().data(), t.dim() * sizeof(int64_t));
+  put(key, t.strides().data(), t.dim() * sizeof(int64_t));
+  put(key, int32_t(t.scalar_type()));
+  put(key, int32_t(t.device().type()));
+  put(key, int32_t(t.device().index()));
+}
+
+// A number as fastpath.py accepts it (None, float or int, not bool), or false.
+bool put_number(std::string& key, py::handle x) {
+  if (x.is_none()) {
+    put(key, uint8_t(0));
+    return true;
+  }
+  if (!PyFloat_CheckExact(x.ptr()) && !PyLong_CheckExact(x.ptr())) { return false; }
+  const double v = PyFloat_AsDouble(x.ptr());
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  put(key, uint8_t(1));
+  put(key, v);
+  return true;
+}
+
+// The call's key, or nullopt where fastpath.py's own path must decide; grad: whether autograd
+// records this call (the key includes it, as does every flag a plan depends on).
+std::optional<std::string> call_key(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, py::handle scale,
+                                    py::handle causal, py::handle window, py::handle softcap,
+                                    py::handle deterministic, bool& grad) {
+  std::string key;
+  key.reserve(256);
+  for (const at::Tensor* t : {&q, &k, &v}) { put_tensor(key, *t); }
+  if (!put_number(key, scale) || !put_number(key, softcap)) { return std::nullopt; }
+  if (!PyTuple_CheckExact(window.ptr()) || PyTuple_GET_SIZE(window.ptr()) != 2) { return std::nullopt; }
+  for (int i = 0; i < 2; ++i) {
+    PyObject* w = PyTuple_GET_ITEM(window.ptr(), i);
+    if (!PyLong_CheckExact(w)) { return std::nullopt; }
+    const long long value = PyLong_AsLongLong(w);
+    if (value == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return std::nullopt;
+    }
+    put(key, int64_t(value));
+  }
+  const int is_causal = PyObject_IsTrue(causal.ptr()), is_deterministic = PyObject_IsTrue(deterministic.ptr());
+  if (is_causal < 0 || is_deterministic < 0) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  put(key, uint8_t(is_causal | is_deterministic << 1 | int(grad) << 2 |
+                   int(at::globalContext().deterministicAlgorithms()) << 3));
+  for (std::string const& name : g_flag_names) {
+    const char* value = std::getenv(name.c_str());
+    put(key, uint8_t(value != nullptr));
+    if (value) { key.append(value).push_back('\0'); }
+  }
+  return key;
+}
+
+constexpr size_t kMaxCachedCalls = 512;  // as fastpath.py's _MAX_PLANS
+thread_local std::unordered_map<std::string, std::shared_ptr<Plan>> t_calls;
+
+at::Tensor infer(Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const c10::DeviceGuard device(q.device());
+  at::Tensor out = at::empty_like(q);
+  // Nothing reads an inference call's lse: the kernels write it into one buffer per plan.
+  if (!plan.lse_sink.defined()) { plan.lse_sink = at::empty(plan.lse_shape, q.options().dtype(at::kFloat)); }
+  plan.fwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(plan.lse_sink)},
+                plan.last_error, plan.backend, "forward");
+  return out;
+}
+
+py::object run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, py::handle scale, py::handle causal,
+               py::handle window, py::handle softcap, py::handle deterministic) {
+  bool grad = false;
+  const auto key = call_key(q, k, v, scale, causal, window, softcap, deterministic, grad);
+  if (!key) { return py::bool_(false); }
+  const auto it = t_calls.find(*key);
+  if (it == t_calls.end()) { return py::none(); }
+  const std::shared_ptr<Plan>& plan = it->second;
+  if (!plan || ((address(q) | address(k) | address(v)) & plan->pointer_mask)) { return py::bool_(false); }
+  return py::cast(grad ? PlannedAttention::apply(q, k, v, plan) : infer(*plan, q, k, v));
+}
+
+void register_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, py::handle scale,
+                   py::handle causal, py::handle window, py::handle softcap, py::handle deterministic,
+                   std::shared_ptr<Plan> plan) {
+  bool grad = false;
+  const auto key = call_key(q, k, v, scale, causal, window, softcap, deterministic, grad);
+  if (!key) { return; }
+  if (t_calls.size() >= kMaxCachedCalls) { t_calls.clear(); }
+  t_calls[*key] = std::move(plan);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flash_attn's C++ autograd node for planned dense calls (csrc_torch/autograd_node.cpp)";
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan");
   m.def("make_plan", &make_plan);
-  m.def("attention", [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const std::shared_ptr<Plan>& plan) { return PlannedAttention::apply(q, k, v, plan); });
+  m.def("configure", [](std::vector<std::string> flag_names) { g_flag_names = std::move(flag_names); });
+  m.def("run", &run, "a cached dense call: its output, None when unknown, False when not served here");
+  m.def("register_call", &register_call, "caches run()'s plan (None: not planned) for this call's signature");
+  m.def("clear_calls", [] { t_calls.clear(); }, "forgets this thread's cached calls");
   m.attr("torch_version") = FA_TORCH_VERSION;
 }

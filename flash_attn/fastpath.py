@@ -41,7 +41,7 @@ class _Plan:
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.lse_sink = None
-        self.node = self.attend = None  # the C++ autograd node's plan and entry point, where built
+        self.node = None  # the C++ module's plan (autograd_node.py), where it is built
 
     def forward(self, q, k, v, seq, lse=None):
         """(out, lse). seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -111,7 +111,17 @@ def _bwd_state() -> tuple:
 def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
     """out, or None when the call must take the general path. check(): the caller's argument
     checks, run when a signature is first seen (they raise as the general path would)."""
-    return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
+    cpp = autograd_node.load()[0]
+    if cpp is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
+    # The C++ module keeps this thread's planned dense calls too: a known call costs one C++ call.
+    out = cpp.run(q, k, v, softmax_scale, causal, window_size, softcap, deterministic)
+    if out is None:  # a signature its cache has not seen: plan it here (checks included), once
+        plan, _ = _plan(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
+        cpp.register_call(q, k, v, softmax_scale, causal, window_size, softcap, deterministic,
+                          plan.node if plan else None)
+        out = cpp.run(q, k, v, softmax_scale, causal, window_size, softcap, deterministic)
+    return None if out is None or out is False else out
 
 
 def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
@@ -127,10 +137,23 @@ def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, soft
 
 
 def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, deterministic, check):
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() \
-            or type(softmax_scale) not in _SCALAR_TYPES \
-            or type(softcap) not in _SCALAR_TYPES or type(window_size) is not tuple:
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
+    plan, grad = _plan(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, deterministic, check)
+    if not plan or (q.data_ptr() | k.data_ptr() | v.data_ptr()) & plan.mask:
+        return None
+    if grad:
+        if _APPLY is not None:
+            return _APPLY(q, k, v, plan, seq)
+        return _PlannedAttention.apply(q, k, v, plan, seq)
+    return plan.infer(q, k, v, seq)
+
+
+def _plan(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, deterministic, check):
+    """(plan, grad): this thread's plan for the call (False: not plannable), made now if it is new;
+    plan None where the fast path does not take such scalars."""
+    if type(softmax_scale) not in _SCALAR_TYPES or type(softcap) not in _SCALAR_TYPES or type(window_size) is not tuple:
+        return None, False
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype,
            q.device, k.device, v.device, softmax_scale, bool(causal), window_size, softcap,
@@ -145,15 +168,15 @@ def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, det
         if len(plans) >= _MAX_PLANS:
             plans.clear()
         plans[key] = plan
-    if plan is False or (q.data_ptr() | k.data_ptr() | v.data_ptr()) & plan.mask:
-        return None
-    if grad:
-        if plan.node is not None:
-            return plan.attend(q, k, v, plan.node)
-        if _APPLY is not None:
-            return _APPLY(q, k, v, plan, seq)
-        return _PlannedAttention.apply(q, k, v, plan, seq)
-    return plan.infer(q, k, v, seq)
+    return plan, grad
+
+
+def clear() -> None:
+    """Forgets this thread's plans (tests that swap libraries or nodes)."""
+    _local.plans = {}
+    cpp = autograd_node.load()[0]
+    if cpp is not None:
+        cpp.clear_calls()
 
 
 def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, deterministic, grad) -> Optional[_Plan]:
@@ -186,14 +209,14 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
             if packed is not None:
                 bwd, ws_bytes = packed
     plan = _Plan(lib.pointer_mask, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
-    if grad and seq is None:
+    if seq is None:
         _attach_node(plan, lib)
     return plan
 
 
 def _attach_node(plan: _Plan, lib) -> None:
-    """Gives a dense grad plan the C++ autograd node where it is built for this torch: the node
-    records the graph and runs the planned backward without Python (autograd_node.py)."""
+    """Gives a dense plan its C++ twin where the module is built for this torch: dense() then
+    serves the call from C++, and a grad call's node runs the planned backward without Python."""
     module, _ = autograd_node.load()
     if module is None:
         return
@@ -203,7 +226,6 @@ def _attach_node(plan: _Plan, lib) -> None:
         0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
         plan.ws_bytes, list(plan.lse_shape), plan.mask, [(n, os.environ.get(n)) for n in flagmod.ALL],
         torch.are_deterministic_algorithms_enabled(), functools.partial(_general_backward, plan.general_args))
-    plan.attend = module.attention
 
 
 def _general_backward(general_args, dout, q, k, v, out, lse):

@@ -1,4 +1,5 @@
-"""The optional C++ autograd node for planned dense calls (csrc_torch/autograd_node.cpp).
+"""The optional C++ module for planned dense calls (csrc_torch/autograd_node.cpp): a per-thread
+cache of them, served from C++, and their autograd node.
 
 A torch extension works only under the torch it was compiled against, so csrc_torch/build.py names
 the module file after torch's version and the Python ABI, and this loads exactly that file: built
@@ -8,6 +9,7 @@ FLASH_ATTENTION_AUTOGRAD_NODE=0 turns the C++ node off (read once, at first use)
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import sys
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 from . import native
+from ..dispatch import flags as flagmod
 
 MODULE = "flash_attn_autograd"
 DISABLE = "FLASH_ATTENTION_AUTOGRAD_NODE"
@@ -60,6 +63,9 @@ def _load():
         return None, f"{p.name} does not load ({e}): rebuild it with python csrc_torch/build.py"
     if module.torch_version != torch.__version__:
         return None, f"{p.name} was built for torch {module.torch_version}, this is {torch.__version__}: rebuild it"
+    module.configure(list(flagmod.ALL))  # a cached call's key includes these flags' raw values
+    # The main thread's cached calls hold tensors: release them while torch can still free them.
+    atexit.register(module.clear_calls)
     return module, ""
 
 

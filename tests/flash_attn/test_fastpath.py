@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def stub(tmp_path, monkeypatch):
     def reset():
         registry._load.cache_clear()
         registry._select.cache_clear()
-        fastpath._local.plans = {}
+        fastpath.clear()
 
     reset()
     lib = ctypes.CDLL(str(lib_path))
@@ -155,12 +156,11 @@ def test_inference_calls_share_the_plans_lse_buffer_and_grad_calls_do_not(stub, 
     for _ in range(2):
         flash_attn.flash_attn_func(q, k, v)
         lse_ptrs.append(_pointers(_last(stub, 0), native._FWD_POINTERS)[5])
-    plan = next(iter(fastpath._local.plans.values()))
-    assert lse_ptrs == [plan.lse_sink.data_ptr()] * 2
+    assert lse_ptrs[0] == lse_ptrs[1] != 0
     qg, kg, vg = _qkv(grad=True)
     out = flash_attn.flash_attn_func(qg, kg, vg)
     lse_ptr = _pointers(_last(stub, 0), native._FWD_POINTERS)[5]
-    assert lse_ptr != plan.lse_sink.data_ptr()
+    assert lse_ptr != lse_ptrs[0]
     torch.autograd.grad(out, (qg, kg, vg), torch.randn_like(out))
     assert _pointers(_last(stub, 1), native._BWD_POINTERS)[6] == lse_ptr  # the backward reads its forward's lse
 
@@ -188,7 +188,7 @@ def test_misaligned_and_unplannable_calls_take_the_general_path(stub):
 
 def test_reference_backend_is_not_planned():
     q, k, v = _qkv()
-    fastpath._local.plans = {}
+    fastpath.clear()
     assert fastpath.dense(q, k, v, None, False, (-1, -1), 0.0, False, lambda *a: None) is None
     assert list(fastpath._local.plans.values()) == [False]
 
@@ -332,3 +332,59 @@ def test_gradients_reach_only_inputs_that_require_them(stub, node):
     out = flash_attn.flash_attn_func(q, k, v)
     out.backward(torch.randn_like(out))
     assert q.grad is not None and v.grad is not None and k.grad is None
+
+
+def _fwd_flags(stub) -> int:
+    flags_at, = native._offsets(native._FwdParams, "problem.flags")
+    return int.from_bytes(_last(stub, 0)[flags_at:flags_at + 4], "little")
+
+
+def test_a_known_signature_sees_flags_set_since(stub, node, monkeypatch):
+    """A call's cached plan is keyed by the flags too: setting one between two calls of the same
+    signature reaches the second call."""
+    q, k, v = _qkv()
+    monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_USE_RTZ", "0")
+    flash_attn.flash_attn_func(q, k, v)
+    assert not _fwd_flags(stub) & native.FA_FLAG_RTZ
+    monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_USE_RTZ", "1")
+    flash_attn.flash_attn_func(q, k, v)
+    assert _fwd_flags(stub) & native.FA_FLAG_RTZ
+    monkeypatch.delenv("FLASH_ATTENTION_INTERNAL_USE_RTZ")
+    flash_attn.flash_attn_func(q, k, v)
+    assert not _fwd_flags(stub) & native.FA_FLAG_RTZ
+
+
+def test_a_known_signature_with_a_misaligned_pointer_takes_the_general_path(stub, node):
+    q, k, v = _qkv()
+    assert fastpath.dense(q, k, v, None, False, (-1, -1), 0.0, False, lambda: None) is not None
+    q_off = torch.empty(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape).copy_(q)  # same strides, 2 bytes off
+    assert q_off.stride() == q.stride() and q_off.data_ptr() % 16
+    assert fastpath.dense(q_off, k, v, None, False, (-1, -1), 0.0, False, lambda: None) is None
+
+
+def test_scalars_of_other_types_mean_the_same_call(stub, node):
+    """causal=1 is causal=True, an int scale is that float; a list window is left to the general
+    path, which checks it."""
+    q, k, v = _qkv()
+    flash_attn.flash_attn_func(q, k, v, causal=True, softmax_scale=1.0)
+    as_bool = _without_pointers(_last(stub, 0), native._FWD_POINTERS)
+    flash_attn.flash_attn_func(q, k, v, causal=1, softmax_scale=1)
+    assert _without_pointers(_last(stub, 0), native._FWD_POINTERS) == as_bool
+    assert fastpath.dense(q, k, v, None, False, [-1, -1], 0.0, False, lambda: None) is None
+
+
+def test_other_threads_plan_their_own_calls(stub, node):
+    q, k, v = _qkv(grad=True)
+    flash_attn.flash_attn_func(q, k, v, causal=True)
+    here = _without_pointers(_last(stub, 0), native._FWD_POINTERS)
+    result = {}
+
+    def worker():
+        out = flash_attn.flash_attn_func(q, k, v, causal=True)
+        result["fwd"] = _without_pointers(_last(stub, 0), native._FWD_POINTERS)
+        result["grads"] = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert result["fwd"] == here and [g.shape for g in result["grads"]] == [q.shape, k.shape, v.shape]
