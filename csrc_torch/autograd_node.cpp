@@ -22,8 +22,8 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -38,7 +38,7 @@ using LastError = const char* (*)();
 
 // Errors are built with std::string and std::to_string, never through an iostream (TORCH_CHECK's
 // message formatting): on the H100 machine (torch 2.11 wheel, g++ 13) inserting an int into an
-// ostream from this module crashed in the locale's number facet (benchmarks/results run be).
+// ostream from this module crashed in the locale's number facet (run be, docs/cuda_backend.md).
 // pybind11 and the autograd engine both turn std::runtime_error into Python's RuntimeError.
 [[noreturn]] void fail(std::string message) { throw std::runtime_error(std::move(message)); }
 

@@ -14,6 +14,10 @@ padding, a misaligned pointer, a dout laid out unlike out, flags changed between
 backward) takes the general path, which is unchanged. Plans are per thread, since a plan's
 params struct is rewritten by each call; a plan's backward runs on the autograd engine's thread
 for the device, one at a time, with a struct of its own.
+Where the C++ module of csrc_torch/ is built for the running torch (backends/autograd_node.py),
+dense calls go through it instead: it keeps a C++ twin of each dense plan in a per-thread cache
+keyed in C++, serves known calls without the Python key, and records them with a C++ autograd
+node; this module still plans each new signature (and runs its checks) and registers the plan.
 """
 from __future__ import annotations
 
