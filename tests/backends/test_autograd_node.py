@@ -14,7 +14,9 @@ from flash_attn.explain import info_text
 
 @pytest.fixture
 def fresh(monkeypatch):
+    """Loads anew, whatever this process loaded and whatever the environment asks for."""
     monkeypatch.setattr(autograd_node, "_state", None)
+    monkeypatch.delenv(autograd_node.DISABLE, raising=False)
     yield
     autograd_node._state = None
 
