@@ -49,8 +49,12 @@ def load():
 
 
 def _load():
-    if os.environ.get(DISABLE, "").strip().lower() in ("0", "false", "no", "off"):
+    switch = os.environ.get(DISABLE, "").strip().lower()
+    if switch in ("0", "false", "no", "off"):
         return None, f"{DISABLE}={os.environ[DISABLE]}"
+    if switch not in ("", "1", "true", "yes", "on"):
+        raise ValueError(f"{DISABLE}={os.environ[DISABLE]!r}: use 1/true/yes/on (the default: the C++ path where "
+                         f"it is built) or 0/false/no/off (the Python path)")
     p = path()
     if not p.exists():
         return None, (f"{p.name} not built for torch {torch.__version__}: "

@@ -54,3 +54,9 @@ def test_info_names_the_node_in_use():
     module, why = autograd_node.load()
     expected = f"C++ ({autograd_node.path().name})" if module is not None else f"Python ({why})"
     assert f"autograd node of planned dense calls: {expected}" in info_text()
+
+
+def test_a_bad_switch_value_is_an_error_naming_it(fresh, monkeypatch):
+    monkeypatch.setenv(autograd_node.DISABLE, "of")
+    with pytest.raises(ValueError, match=r"FLASH_ATTENTION_AUTOGRAD_NODE='of': use 1/true/yes/on .* or 0/false/no/off"):
+        autograd_node.load()
