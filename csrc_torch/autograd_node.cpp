@@ -88,6 +88,19 @@ struct PyRef {
   PyObject* obj;
 };
 
+std::vector<std::string> g_flag_names;  // fastpath.py's flags (set once, by configure)
+
+// The flags' raw values now, in g_flag_names' order (unset: nullopt).
+std::vector<std::optional<std::string>> flag_values() {
+  std::vector<std::optional<std::string>> values;
+  values.reserve(g_flag_names.size());
+  for (std::string const& name : g_flag_names) {
+    const char* value = std::getenv(name.c_str());
+    values.push_back(value ? std::optional<std::string>(value) : std::nullopt);
+  }
+  return values;
+}
+
 struct Plan {
   std::string backend;
   Packed fwd, bwd;  // bwd.fn null: no planned backward, the general path always
@@ -97,18 +110,13 @@ struct Plan {
   LastError last_error = nullptr;
   // The flags' raw values and torch's deterministic setting when the plan was made: a backward
   // that sees others takes the general path, which chooses its backend again.
-  std::vector<std::pair<std::string, std::optional<std::string>>> env;
-  bool deterministic_algorithms = false;
+  std::vector<std::optional<std::string>> flags = flag_values();
+  bool deterministic_algorithms = at::globalContext().deterministicAlgorithms();
   std::unique_ptr<PyRef> general_backward;  // (dout, q, k, v, out, lse) -> (dq, dk, dv)
   at::Tensor lse_sink;  // where inference calls write their lse (nothing reads it)
 
   bool state_unchanged() const {
-    if (at::globalContext().deterministicAlgorithms() != deterministic_algorithms) { return false; }
-    for (auto const& [name, value] : env) {
-      const char* now = std::getenv(name.c_str());
-      if (value.has_value() != (now != nullptr) || (now != nullptr && *value != now)) { return false; }
-    }
-    return true;
+    return at::globalContext().deterministicAlgorithms() == deterministic_algorithms && flag_values() == flags;
   }
 };
 
@@ -180,9 +188,7 @@ Packed packed(uint64_t fn, py::bytes params, std::vector<int64_t> slots, size_t 
 std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64_t fwd_fn, py::bytes fwd_params,
                                 std::vector<int64_t> fwd_slots, uint64_t bwd_fn, py::bytes bwd_params,
                                 std::vector<int64_t> bwd_slots, int64_t workspace_bytes,
-                                std::vector<int64_t> lse_shape, uint64_t pointer_mask,
-                                std::vector<std::pair<std::string, std::optional<std::string>>> env,
-                                bool deterministic_algorithms, py::object general_backward) {
+                                std::vector<int64_t> lse_shape, uint64_t pointer_mask, py::object general_backward) {
   if (fwd_fn == 0 || last_error == 0) { fail("flash_attn: a plan needs the forward and fa_last_error"); }
   auto plan = std::make_shared<Plan>();
   plan->backend = std::move(backend);
@@ -192,8 +198,6 @@ std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64
   plan->workspace_bytes = workspace_bytes;
   plan->lse_shape = std::move(lse_shape);
   plan->pointer_mask = pointer_mask;
-  plan->env = std::move(env);
-  plan->deterministic_algorithms = deterministic_algorithms;
   plan->general_backward = std::make_unique<PyRef>(std::move(general_backward));
   return plan;
 }
@@ -203,8 +207,6 @@ std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64
 // rest of a call; here the key is built from the tensors' metadata in C++. A miss returns None and
 // fastpath.py plans the call (running the argument checks) and registers the plan; a call the
 // cache knows but cannot serve (a signature not planned, a misaligned pointer) returns False.
-
-std::vector<std::string> g_flag_names;  // fastpath.py's flags (set once, by configure)
 
 void put(std::string& key, const void* data, size_t n) { key.append(static_cast<const char*>(data), n); }
 template <class T>
@@ -264,10 +266,9 @@ std::optional<std::string> call_key(const at::Tensor& q, const at::Tensor& k, co
   grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   put(key, uint8_t(is_causal | is_deterministic << 1 | int(grad) << 2 |
                    int(at::globalContext().deterministicAlgorithms()) << 3));
-  for (std::string const& name : g_flag_names) {
-    const char* value = std::getenv(name.c_str());
-    put(key, uint8_t(value != nullptr));
-    if (value) { key.append(value).push_back('\0'); }
+  for (auto const& value : flag_values()) {
+    put(key, uint8_t(value.has_value()));
+    if (value) { key.append(*value).push_back('\0'); }
   }
   return key;
 }

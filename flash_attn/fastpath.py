@@ -22,7 +22,6 @@ node; this module still plans each new signature (and runs its checks) and regis
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Optional
 
@@ -228,8 +227,7 @@ def _attach_node(plan: _Plan, lib) -> None:
     plan.node = module.make_plan(
         lib.name, lib.last_error_address, plan.fwd.fn_address, plan.fwd.params, list(native._FWD_POINTERS),
         0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
-        plan.ws_bytes, list(plan.lse_shape), plan.mask, [(n, os.environ.get(n)) for n in flagmod.ALL],
-        torch.are_deterministic_algorithms_enabled(), functools.partial(_general_backward, plan.general_args))
+        plan.ws_bytes, list(plan.lse_shape), plan.mask, functools.partial(_general_backward, plan.general_args))
 
 
 def _general_backward(general_args, dout, q, k, v, out, lse):
