@@ -9,7 +9,7 @@ import torch
 from . import _validate as V
 from . import ops
 from .backends import autograd_node, registry
-from .dispatch import capabilities, flags as flagmod, hardware, select as selmod
+from .dispatch import flags as flagmod, hardware, select as selmod
 
 
 @dataclass

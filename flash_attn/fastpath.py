@@ -49,6 +49,9 @@ class _Plan:
     def forward(self, q, k, v, seq, lse=None):
         """(out, lse). seq: None, or varlen's (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
         max_seqlen_k); lse: where the kernel writes it, a new tensor when None."""
+        if native.elsewhere(self.device):
+            with torch.cuda.device(self.device):
+                return self.forward(q, k, v, seq, lse)
         out = torch.empty_like(q)
         if lse is None:
             lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
@@ -72,6 +75,9 @@ class _Plan:
                 or _bwd_state() != self.bwd_state):
             return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, *(seq or _DENSE),
                                      *self.general_args)
+        if native.elsewhere(self.device):  # autograd runs it on the device's thread; a direct call may not
+            with torch.cuda.device(self.device):
+                return self.backward(dout, q, k, v, out, lse, seq)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
         self.bwd(native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),

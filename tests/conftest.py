@@ -54,3 +54,18 @@ def seed(request) -> int:
     value = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % 2**31
     torch.manual_seed(value)
     return value
+
+
+@pytest.fixture(params=["cpp", "python"])
+def node(request, monkeypatch):
+    """The call path planned dense calls take: the C++ one (csrc_torch/, skipped where it is not
+    built for this torch) or the Python one."""
+    from flash_attn.backends import autograd_node
+
+    if request.param == "python":
+        monkeypatch.setattr(autograd_node, "_state", (None, "the test asks for the Python node"))
+    else:
+        module, why = autograd_node.load()
+        if module is None:
+            pytest.skip(f"the C++ autograd node is not built: {why}")
+    return request.param

@@ -11,6 +11,8 @@
 #     tests   the whole suite, devices cpu and cuda
 #     checks  cuda tests with the arch override sm80 and sm86; 50-run determinism; memcheck
 #     memcheck  compute-sanitizer memcheck over tools/cuda_smoke.py alone
+#     multigpu  tests/flash_attn/test_multi_gpu.py (run on nvidia-h200-x2; a narrowed build is
+#             enough: FLASH_ATTENTION_HEAD_DIMS=64 FLASH_ATTENTION_DTYPES=bf16 ... build multigpu)
 #     bench   benchmarks/benchmark_flash_attention.py against SDPA flash, cuDNN, FlexAttention
 #             (BENCH_SEQLENS, BENCH_PEERS narrow it)
 set -u
@@ -64,6 +66,11 @@ for what in "$@"; do
   memcheck)
     stage memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 9 python tools/cuda_smoke.py
     grep -E "ERROR SUMMARY|Invalid|Error" "$OUT/memcheck.log" | head -n 10
+    ;;
+  multigpu)
+    nvidia-smi -L | tee -a "$OUT/summary.txt"
+    stage multigpu 120 $PYTEST tests/flash_attn/test_multi_gpu.py
+    failures multigpu 20
     ;;
   bench)
     stage bench 540 python benchmarks/benchmark_flash_attention.py --device cuda --out "$OUT" \

@@ -165,6 +165,17 @@ def _stream(device: torch.device) -> int:
         return torch.cuda.current_stream(device).cuda_stream
 
 
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+
+
+def elsewhere(device: torch.device) -> bool:
+    """Whether `device` is a GPU other than the current one, as under transformers'
+    device_map="auto" (layers spread over the GPUs of one process, the current device left at 0).
+    The libraries launch on the current device, so such a call makes its device current first
+    (torch.cuda.device), as torch's own operators do. The C++ call path guards by itself."""
+    return device.type != "cpu" and device.index != _current_device()
+
+
 def _problem(q, k, args: AttnArgs, arch: int, stream: int) -> tuple:
     qs, ks = q.shape, k.shape
     if args.cu_seqlens_q is not None:
@@ -293,6 +304,9 @@ class NativeLibrary:
         return call, size.value
 
     def forward(self, q, k, v, args: AttnArgs, out, lse, arch: int = 0) -> None:
+        if elsewhere(q.device):
+            with torch.cuda.device(q.device):
+                return self.forward(q, k, v, args, out, lse, arch)
         d = q.shape[-1]
         if d % self._dim_multiple or not self._fits(q, k, v, out):
             return self._forward_aligned(q, k, v, args, out, lse, arch)
@@ -306,6 +320,9 @@ class NativeLibrary:
         self._check(self._lib.fa_fwd(fwd_addr), "forward")
 
     def backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv, arch: int = 0) -> None:
+        if elsewhere(q.device):
+            with torch.cuda.device(q.device):
+                return self.backward(dout, q, k, v, out, lse, args, dq, dk, dv, arch)
         d = q.shape[-1]
         if d % self._dim_multiple or not self._fits(dout, q, k, v, out, dq, dk, dv):
             return self._backward_aligned(dout, q, k, v, out, lse, args, dq, dk, dv, arch)

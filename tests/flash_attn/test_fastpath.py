@@ -19,7 +19,7 @@ import torch
 
 import flash_attn
 from flash_attn import fastpath, ops
-from flash_attn.backends import autograd_node, native, registry
+from flash_attn.backends import native, registry
 from flash_attn.dispatch import hardware
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,18 +72,6 @@ def stub(tmp_path, monkeypatch):
     lib.stub_last.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     yield lib
     reset()
-
-
-@pytest.fixture(params=["cpp", "python"])
-def node(request, monkeypatch):
-    """The autograd node planned grad calls get: the C++ one or the Python one."""
-    if request.param == "python":
-        monkeypatch.setattr(autograd_node, "_state", (None, "the test asks for the Python node"))
-    else:
-        module, why = autograd_node.load()
-        if module is None:
-            pytest.skip(f"the C++ autograd node is not built: {why}")
-    return request.param
 
 
 _NODE_TYPE = {"cpp": "CppFunction", "python": "_PlannedAttentionBackward"}
