@@ -1,6 +1,8 @@
 // The forward kernel: one block per (query block, head, batch entry). Q stays in shared memory;
-// key blocks stream through from the last to the first (the partially masked ones come first),
-// with V(n) loading during S = Q K^T and K(n-1) during O += P V. P never leaves registers.
+// key blocks stream through from the last to the first (the partially masked ones come first).
+// With one K/V buffer, V(n) loads during S = Q K^T and K(n-1) during O += P V; with two, K(n-1)
+// and V(n-1) load into the other buffer during the whole step, behind one barrier instead of two.
+// P never leaves registers.
 // kAllFeatures: the full or the plain kernel (common/features.h).
 #pragma once
 
@@ -49,8 +51,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   // Shared tiles
   extern __shared__ __align__(128) char smem[];
   Tensor sQ = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)), typename T::SmemQ::Layout{});
-  Tensor sK = make_tensor(sQ.data() + size(sQ), typename T::SmemKV::Layout{});
-  Tensor sV = make_tensor(sK.data() + size(sK), typename T::SmemKV::Layout{});
+  constexpr int kStages = T::kKVStages;
+  Tensor sK = make_tensor(sQ.data() + size(sQ), typename T::SmemKV::Layout{});  // stage 0; stage 1 follows it
+  Tensor sV = make_tensor(sK.data() + kStages * size(sK), typename T::SmemKV::Layout{});
   Tensor sVt = make_tensor(sV.data(), typename T::SmemKV::LayoutT{});                 // (kHeadDim, kBlockN)
   Tensor sVtShape = make_tensor(sV.data(), typename T::SmemKV::LayoutTNoSwizzle{});
 
@@ -89,8 +92,17 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   const ScoreMod mod(p, b, h, mask.diag());
   const uint32_t bh = uint32_t(b * p.nheads + h);
 
+  // A tensor over K's or V's shared tile (or a partition of it) moved to buffer `stage`: a whole
+  // tile further on, so the swizzle pattern, which repeats every 8-row atom, is unchanged.
+  auto kv_stage = [&](auto const& t, int stage) { return make_tensor(t.data() + stage * size(sK), t.layout()); };
+  auto load_kv = [&](int n, int stage) {  // K(n) and V(n) of a full block into buffer `stage`
+    load_tile<false>(gmem_copy, tKgK(_, _, _, n), kv_stage(tKsK, stage), tKcK, kBlockN, p.head_dim);
+    load_tile<false>(gmem_copy, tVgV(_, _, _, n), kv_stage(tVsV, stage), tKcK, kBlockN, p.head_dim);
+  };
+
   // Q with the first K, then that block's V in a group of its own, so that the first S = Q K^T
-  // does not wait for V. Only this first (last-keyed) block can end past seqlen_k.
+  // does not wait for V (with two buffers, the next block's K and V in a third group, empty when
+  // there is none). Only this first (last-keyed) block can end past seqlen_k.
   load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, seq.seqlen_q - row0, p.head_dim);
   if (n_max > n_min) {
     load_tile(gmem_copy, tKgK(_, _, _, n_max - 1), tKsK, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
@@ -100,31 +112,47 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     load_tile(gmem_copy, tVgV(_, _, _, n_max - 1), tVsV, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
   }
   cp_async_fence();
+  if constexpr (kStages == 2) {
+    if (n_max - 1 > n_min) { load_kv(n_max - 2, 1); }
+    cp_async_fence();
+  }
 
   for (int n = n_max - 1; n >= n_min; --n) {
     const int col0 = n * kBlockN;
+    const bool first = n == n_max - 1;
+    const int stage = kStages == 2 ? (n_max - 1 - n) % 2 : 0;
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
     clear(acc_s);
-    if (n == n_max - 1) {
-      cp_async_wait<1>();
+    if (first) {
+      cp_async_wait<kStages>();
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();  // K(n) landed; every warp is done reading V(n+1)
-    if (n < n_max - 1) {
-      load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
-      cp_async_fence();
+    __syncthreads();  // K(n) (two buffers: and V(n)) landed; every warp is done with block n+1
+    if (!first) {
+      if constexpr (kStages == 1) {
+        load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
+        cp_async_fence();
+      } else if (n > n_min) {
+        load_kv(n - 1, stage ^ 1);
+        cp_async_fence();
+      }
     }
 
-    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, mma, s2r_q, s2r_k, tid);
+    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, kv_stage(tSsK, stage), mma, s2r_q, s2r_k, tid);
     if (f.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
     if (mask.tile_is_partial<kBlockM, kBlockN>(m_block, n)) { apply_mask(acc_s, tScS, row0, col0, mask); }
 
-    cp_async_wait<0>();
-    __syncthreads();  // V(n) landed; every warp is done reading K(n)
-    if (n > n_min) {
-      load_tile<false>(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, kBlockN, p.head_dim);  // a full block
-      cp_async_fence();
+    if constexpr (kStages == 1) {
+      cp_async_wait<0>();
+      __syncthreads();  // V(n) landed; every warp is done reading K(n)
+      if (n > n_min) {
+        load_tile<false>(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, kBlockN, p.head_dim);  // a full block
+        cp_async_fence();
+      }
+    } else if (first) {
+      cp_async_wait<1>();
+      __syncthreads();  // V(n) landed
     }
 
     Tensor s_rc = make_tensor(acc_s.data(), rowcol_layout(acc_s.layout()));
@@ -133,7 +161,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     Tensor rP = make_tensor<Element>(acc_s.layout());
     convert_fragment<Element>(acc_s, rP, f.rtz);
     Tensor tOrP = make_tensor(rP.data(), acc_as_operand_a(rP.layout()));  // (MMA, MMA_M, MMA_N / 2)
-    gemm_rs(acc_o, tOrP, tOrVt, tOsVt, mma, s2r_v, tid);
+    gemm_rs(acc_o, tOrP, tOrVt, kv_stage(tOsVt, stage), mma, s2r_v, tid);
   }
   cp_async_wait<0>();  // the Q load is still pending when no key block is visible
 

@@ -11,7 +11,7 @@ namespace fa::sm80 {
 template <ArchRow Row, int HeadDim, class Element, bool kAllFeatures>
 using FwdTraitsFor = FwdTraits<HeadDim, fwd_tile(Row, HeadDim).block_m, fwd_tile(Row, HeadDim).block_n,
                                kAllFeatures ? fwd_tile(Row, HeadDim).warps_full : fwd_tile(Row, HeadDim).warps,
-                               Element>;
+                               fwd_tile(Row, HeadDim).kv_stages, Element>;
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {

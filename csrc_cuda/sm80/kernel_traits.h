@@ -58,10 +58,12 @@ using LdsmAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;  // operand stored K-con
 template <class Element>
 using LdsmTransAtom = Copy_Atom<SM75_U16x8_LDSM_T, Element>;  // operand stored M/N-contiguous
 
-template <int HeadDim, int BlockM, int BlockN, int Warps, class Element_>
+template <int HeadDim, int BlockM, int BlockN, int Warps, int KVStages, class Element_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = HeadDim, kBlockM = BlockM, kBlockN = BlockN, kWarps = Warps;
+  static constexpr int kKVStages = KVStages;
+  static_assert(KVStages == 1 || KVStages == 2);
   static constexpr int kThreads = 32 * Warps;
   // Warps split only the query rows, so each row's softmax stays inside one warp.
   using Mma = WarpGridMma<Element, Warps, 1>;
@@ -71,7 +73,7 @@ struct FwdTraits {
   using SmemKV = SmemTile<kBlockN, kHeadDim>;
   using GmemCopy = typename GmemTileCopy<Element, kThreads, kHeadDim>::type;
   static_assert(sizeof(Element) == 2);
-  static constexpr int kSmemBytes = int(fwd_smem_bytes(kBlockM, kBlockN, kHeadDim));
+  static constexpr int kSmemBytes = int(fwd_smem_bytes(kBlockM, kBlockN, kHeadDim, kKVStages));
 };
 
 template <int HeadDim, int BlockM, int BlockN, int Warps, int SdpWarpsM, int DkvWarpsN, int DqWarpsM, int DqPasses,

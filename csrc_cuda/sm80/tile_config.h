@@ -15,9 +15,10 @@ constexpr size_t kSmemLimit[kNumArchRows] = {163 * 1024, 99 * 1024, 227 * 1024};
 constexpr int kHeadDimBuckets[] = {32, 64, 96, 128, 192, 256};
 
 // Shared memory of one block, in bytes; the tile table (host checks) and the kernel traits
-// (launches) both use these. Forward: Q (block_m rows), K and V (block_n rows), 16-bit.
-constexpr size_t fwd_smem_bytes(int block_m, int block_n, int head_dim) {
-  return size_t(block_m + 2 * block_n) * head_dim * 2;
+// (launches) both use these. Forward: Q (block_m rows), kv_stages buffers of K and V (block_n
+// rows), 16-bit.
+constexpr size_t fwd_smem_bytes(int block_m, int block_n, int head_dim, int kv_stages) {
+  return size_t(block_m + 2 * block_n * kv_stages) * head_dim * 2;
 }
 // Backward: K, V (block_n rows), q_stages buffers of Q and one of dO (block_m rows), P and dS
 // (block_m x block_n), all 16-bit; the query rows' lse (one per Q buffer) and D in fp32.
@@ -36,7 +37,9 @@ struct FwdTile {
   int block_n;     // keys per main-loop step
   int warps;       // plain kernel: each warp owns block_m / warps whole query rows
   int warps_full;  // the full kernel (softcap, ALiBi, dropout, RTZ; common/features.h)
-  constexpr size_t smem_bytes() const { return fwd_smem_bytes(block_m, block_n, head_dim); }
+  int kv_stages;   // 2: K and V of the next key block load during the whole step; 1: V(n) during
+                   // S = Q K^T, K(n-1) during O += P V (FlashAttention-2's schedule)
+  constexpr size_t smem_bytes() const { return fwd_smem_bytes(block_m, block_n, head_dim, kv_stages); }
 };
 
 struct BwdTile {
@@ -64,31 +67,33 @@ struct BwdTile {
 // warps in both: 32 rows of a 192- or 256-wide accumulator do not fit in 255 registers.
 constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
   {  // SM80, 163 KB
-    { 32, 128,  64, 4, 8},
-    { 64, 128,  64, 4, 8},  // FlashAttention-2's 128 x 128 spilled 172 bytes and was 3-6 % slower,
-                            // 64 x 128 7-10 % slower (run z)
-    { 96, 128,  64, 4, 8},
-    {128, 128,  32, 4, 8},  // as fast as 128 x 64 on the H100, with a third of the spills
-    {192, 128,  64, 8, 8},
-    {256, 128,  64, 8, 8},  // 128 KB, one block per SM; 64 x 64 (96 KB) would leave an A100's SM
-                            // one 4-warp block (the SM90 row runs two)
+    { 32, 128,  64, 4, 8, 1},
+    { 64, 128,  64, 4, 8, 1},  // FlashAttention-2's 128 x 128 spilled 172 bytes and was 3-6 %
+                               // slower, 64 x 128 7-10 % slower (run z)
+    { 96, 128,  64, 4, 8, 1},
+    {128, 128,  32, 4, 8, 1},  // as fast as 128 x 64 on the H100, with a third of the spills
+    {192, 128,  64, 8, 8, 1},
+    {256, 128,  64, 8, 8, 1},  // 128 KB, one block per SM; 64 x 64 (96 KB) would leave an A100's
+                               // SM one 4-warp block (the SM90 row runs two)
   },
   {  // SM86 / SM89, 99 KB: as SM80 but for d 256
-    { 32, 128,  64, 4, 8},
-    { 64, 128,  64, 4, 8},
-    { 96, 128,  64, 4, 8},
-    {128, 128,  32, 4, 8},
-    {192, 128,  64, 8, 8},  // 96 KB, just fits
-    {256,  64,  64, 4, 4},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
+    { 32, 128,  64, 4, 8, 1},
+    { 64, 128,  64, 4, 8, 1},
+    { 96, 128,  64, 4, 8, 1},
+    {128, 128,  32, 4, 8, 1},
+    {192, 128,  64, 8, 8, 1},  // 96 KB, just fits
+    {256,  64,  64, 4, 4, 1},  // 128 x 64 needs 128 KB; 64 query rows bring it to 96 KB
   },
-  {  // SM90, 227 KB: these SM80-class kernels gain nothing from larger tiles on H100 that
-     // would not also cost occupancy, so it keeps the SM80 shapes but for d 256
-    { 32, 128,  64, 4, 8},
-    { 64, 128,  64, 4, 8},
-    { 96, 128,  64, 4, 8},
-    {128, 128,  32, 4, 8},
-    {192, 128,  64, 8, 8},
-    {256,  64,  64, 4, 4},  // FlashAttention-2's on the H100: 96 KB, two blocks per SM (run p3)
+  {  // SM90, 227 KB: the SM80 shapes, but two K/V buffers where they measured faster on the H100
+     // (runs cd-cf; two blocks per SM still fit) and d 256 as FlashAttention-2 runs it there
+    { 32, 128,  64, 4, 8, 2},  // two buffers: +8 % without a mask, +1 % causal (run ce)
+    { 64, 128,  64, 4, 8, 2},  // two buffers: +1-3 % (run cd); 128 x 128 with two: a tie (run cf)
+    { 96, 128,  64, 4, 8, 1},  // two buffers: 1-4 % slower (run ce)
+    {128, 128,  64, 4, 8, 2},  // 128 x 64 with two buffers: +7-10 % over one (run cf), where
+                               // 128 x 32 with two lost 1-3 % (run cd)
+    {192, 128,  64, 8, 8, 1},  // two buffers (144 KB) would leave one block per SM
+    {256,  64,  64, 4, 4, 1},  // FlashAttention-2's on the H100: 96 KB, two blocks per SM (run p3);
+                               // 64 x 32 with two buffers: 9-12 % slower (run cf)
   },
 };
 
