@@ -249,7 +249,7 @@ def test_deterministic_is_bitwise_reproducible():
 
 
 @pytest.mark.parametrize("arch", [80, 86, 90])
-@pytest.mark.parametrize("d", [96, 192, 256])
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 192, 256])
 def test_arch_rows(arch, d):
     """fa_problem.arch picks the tile table row: each row's tiles run (on a newer device)."""
     _need(d, torch.bfloat16, bwd=True)
