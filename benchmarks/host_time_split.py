@@ -1,7 +1,8 @@
 """Host time per call at a tiny shape (b=1 s=128 h=16 d=64 bf16, GPU time far below host time),
 split into parts: flash_attn's forward with grad and forward+backward beside SDPA flash's, the
-planned backward and the bare library calls without autograd, and torch's own floor (an
-allocation, a C++ and a Python autograd node around a clone). Three passes, medians of 7 loops.
+planned backward and the bare library calls without autograd, a varlen call (one sequence of 128)
+with its planned backward and with the general one, and torch's own floor (an allocation, a C++
+and a Python autograd node around a clone). Three passes, medians of 7 loops.
 
     python benchmarks/host_time_split.py                                # the C++ call path
     FLASH_ATTENTION_AUTOGRAD_NODE=0 python benchmarks/host_time_split.py  # the Python one
@@ -35,6 +36,23 @@ raw_args = (stream, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), dout
 fwd_args = (stream, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr())
 
 
+cu = torch.tensor([0, 128], dtype=torch.int32, device="cuda")
+qv, kv, vv = (t.detach().reshape(128, 16, 64).requires_grad_() for t in (q, k, v))
+doutv = dout.reshape(128, 16, 64)
+fv = lambda: flash_attn.flash_attn_varlen_func(qv, kv, vv, cu, cu, 128, 128)  # noqa: E731
+fv()
+plan_v = [p for p in fastpath._local.plans.values() if p and p.ws_bytes is None][0]
+planned_bwd_v = plan_v.bwd
+
+
+def varlen_general_bwd():
+    plan_v.bwd = None  # the plan's backward falls back to the general path
+    try:
+        torch.autograd.grad(fv(), (qv, kv, vv), doutv)
+    finally:
+        plan_v.bwd = planned_bwd_v
+
+
 class PyIdent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -54,6 +72,8 @@ cases = {
     "fa plan.backward direct": lambda: plan.backward(dout, q, k, v, o, lse, None),
     "fa raw bwd call": lambda: plan.bwd(*raw_args),
     "fa raw fwd call": lambda: plan.fwd(*fwd_args),
+    "fa varlen fwd+bwd": lambda: torch.autograd.grad(fv(), (qv, kv, vv), doutv),
+    "fa varlen fwd+bwd, general bwd": varlen_general_bwd,
     "sdpa grad fwd": lambda: sd(qtg, ktg, vtg),
     "sdpa fwd+bwd (autograd.grad)": lambda: torch.autograd.grad(sd(qtg, ktg, vtg), (qtg, ktg, vtg), doutt),
     "torch.empty_like": lambda: torch.empty_like(q),

@@ -7,8 +7,8 @@ scalars, flags) already determines: the argument checks, the backend choice and 
 struct. The first call of a signature runs the general path's checks and choice and keeps the
 outcome as a plan; later calls pay a dict lookup, the output allocations and the library call.
 A varlen signature leaves out the max sequence lengths, which change from call to call and are
-written into the struct with the pointers; its backward takes the general path (its workspace
-grows with max_seqlen_q).
+written into the struct with the pointers; its backward asks the library for its workspace per
+call (the workspace grows with max_seqlen_q).
 Whatever a plan does not cover (a backend other than a native library, a head dim that needs
 padding, a misaligned pointer, a dout laid out unlike out, flags changed between forward and
 backward) takes the general path, which is unchanged. Plans are per thread, since a plan's
@@ -79,10 +79,14 @@ class _Plan:
             with torch.cuda.device(self.device):
                 return self.backward(dout, q, k, v, out, lse, seq)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
-        self.bwd(native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                 dout.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                 0 if ws is None else ws.data_ptr())
+        ptrs = [native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                dout.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), 0]
+        if seq is not None:
+            ptrs += [seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr()]
+        ws_bytes = self.ws_bytes if seq is None else self.bwd.workspace_size(*ptrs)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=self.device) if ws_bytes else None
+        ptrs[10] = 0 if ws is None else ws.data_ptr()
+        self.bwd(*ptrs)
         return dq, dk, dv
 
 

@@ -130,12 +130,14 @@ class PackedCall:
     change per call (slots: (offset, ctype) pairs). Not shared between threads (the fields are
     written into the struct)."""
 
-    def __init__(self, fn, packer: struct.Struct, values: tuple, slots: tuple, check, what: str):
+    def __init__(self, fn, packer: struct.Struct, values: tuple, slots: tuple, check, what: str, size_fn=None):
         self.buf = ctypes.create_string_buffer(packer.size)
         packer.pack_into(self.buf, 0, *values)
         self.addr = ctypes.addressof(self.buf)
         self._slots = tuple(ctype.from_buffer(self.buf, off) for off, ctype in slots)
         self._fn, self._check, self._what = fn, check, what
+        self._size_fn, self._size = size_fn, ctypes.c_size_t(0)
+        self._size_addr = ctypes.addressof(self._size)
 
     @property
     def fn_address(self) -> int:
@@ -152,6 +154,16 @@ class PackedCall:
         status = self._fn(self.addr)
         if status:
             self._check(status, self._what)
+
+    def workspace_size(self, *values: int) -> int:
+        """Sets the per-call fields as __call__ does and asks the library for the workspace this
+        call needs (a varlen backward's grows with max_seqlen_q, which changes per call)."""
+        for slot, value in zip(self._slots, values):
+            slot.value = value
+        status = self._size_fn(self.addr, self._size_addr)
+        if status:
+            self._check(status, self._what + " workspace query")
+        return self._size.value
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
@@ -292,13 +304,17 @@ class NativeLibrary:
     def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,
                         arch: int) -> Optional[tuple]:
         """(PackedCall, workspace bytes) for the backward of this signature (pointers: stream, q,
-        k, v, out, dout, lse, dq, dk, dv, workspace), or None as packed_forward. Not for varlen:
-        there the workspace grows with max_seqlen_q, which changes from call to call."""
-        if (args.cu_seqlens_q is not None or q.shape[-1] % self._dim_multiple
-                or not self.strides_fit(dout, q, k, v, out, dq, dk, dv)):
+        k, v, out, dout, lse, dq, dk, dv, workspace; for varlen then the fields packed_forward's
+        take), or None as packed_forward. Varlen: workspace bytes None, since the workspace grows
+        with max_seqlen_q, which changes from call to call (PackedCall.workspace_size asks per call)."""
+        if q.shape[-1] % self._dim_multiple or not self.strides_fit(dout, q, k, v, out, dq, dk, dv):
             return None
+        varlen = args.cu_seqlens_q is not None
         call = PackedCall(self._lib.fa_bwd, _BWD, _bwd_values(dout, q, k, v, out, lse, args, dq, dk, dv, arch, 0),
-                          _slots(_BwdParams, _BWD_POINTERS, False), self._check, "backward")
+                          _slots(_BwdParams, _BWD_POINTERS, varlen), self._check, "backward",
+                          self._lib.fa_bwd_workspace_size)
+        if varlen:
+            return call, None
         _, _, _, _, size, size_addr = self._buffers()
         self._check(self._lib.fa_bwd_workspace_size(call.addr, size_addr), "backward workspace query")
         return call, size.value

@@ -208,21 +208,33 @@ def test_varlen_forward_struct_matches_general_path_per_call(stub):
     assert len(fastpath._local.plans) == 1
 
 
-def test_varlen_backward_takes_the_general_path(stub):
+def test_varlen_backward_struct_matches_general_path_per_call(stub):
+    """The planned varlen backward writes each call's max_seqlens and cu_seqlens and asks for that
+    call's workspace, as the general path does."""
     q = torch.randn(90, 4, 64, dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(120, 2, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    cu_q, cu_k = torch.tensor([0, 30, 90], dtype=torch.int32), torch.tensor([0, 50, 120], dtype=torch.int32)
-    out = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 60, 70, causal=True)
-    plan = next(iter(fastpath._local.plans.values()))
-    assert plan and plan.bwd is None
-    dout = torch.randn_like(out)
-    torch.autograd.grad(out, (q, k, v), dout)
-    fast = _last(stub, 1)
-    lse = torch.empty(ops._lse_shape(q, cu_q), dtype=torch.float32)
-    ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, 60, 70, 64 ** -0.5, -1, 0, 0.0, 0.0,
-                      False)
-    general = _last(stub, 1)
-    assert _without_pointers(fast, native._BWD_POINTERS) == _without_pointers(general, native._BWD_POINTERS)
+    cu_at = native._offsets(native._BwdParams, "problem.cu_seqlens_q", "problem.cu_seqlens_k")
+    for lens_q, lens_k in (([30, 60], [50, 70]), ([89, 1], [3, 117])):
+        cu_q = torch.tensor([0, lens_q[0], 90], dtype=torch.int32)
+        cu_k = torch.tensor([0, lens_k[0], 120], dtype=torch.int32)
+        max_q, max_k = max(lens_q), max(lens_k)
+        out = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=True)
+        plan = next(iter(fastpath._local.plans.values()))
+        assert plan and plan.bwd is not None and plan.ws_bytes is None
+        dout = torch.randn_like(out)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+        fast = _last(stub, 1)
+        ptrs = _pointers(fast, native._BWD_POINTERS)
+        assert ptrs[5] == dout.data_ptr() and ptrs[7:10] == [dq.data_ptr(), dk.data_ptr(), dv.data_ptr()]
+        assert ptrs[10] != 0  # the stub asked for a workspace
+        assert _pointers(fast, cu_at) == [cu_q.data_ptr(), cu_k.data_ptr()]
+        lse = torch.empty(ops._lse_shape(q, cu_q), dtype=torch.float32)
+        ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, max_q, max_k, 64 ** -0.5, -1, 0,
+                          0.0, 0.0, False)
+        general = _last(stub, 1)
+        offsets = native._BWD_POINTERS + cu_at
+        assert _without_pointers(fast, offsets) == _without_pointers(general, offsets)
+    assert len(fastpath._local.plans) == 1
 
 
 def test_flags_changed_before_backward_reach_it(stub, node, monkeypatch):
