@@ -104,16 +104,7 @@ class _PlannedAttention(torch.autograd.Function):
         return (*ctx.plan.backward(dout, q, k, v, out, lse, ctx.seq), None, None)
 
 
-def _c_apply(fn_cls):
-    """fn_cls.apply without torch's Python wrapper around it, or None where torch lacks the C
-    method. The wrapper binds setup_context defaults (this Function has no setup_context) and
-    unwraps functorch wrappers (the caller takes the wrapper instead while a transform is active);
-    skipping it saves about 3.5 of the 10 µs the autograd boundary costs per call (CPU, torch 2.13)."""
-    apply = getattr(getattr(torch._C, "_FunctionBase", None), "__dict__", {}).get("apply")
-    return apply.__get__(None, fn_cls) if apply is not None else None
-
-
-_APPLY = _c_apply(_PlannedAttention)
+_APPLY = ops.c_apply(_PlannedAttention)
 
 
 def _bwd_state() -> tuple:

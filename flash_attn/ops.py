@@ -176,34 +176,79 @@ fwd.register_autograd(_backward, setup_context=_setup_context)
 
 class _EagerAttention(torch.autograd.Function):
     """The eager path: the custom ops' bodies without the custom-op dispatch. The ten tensor
-    inputs come first; the scalars travel as one tuple (apply's cost grows with its arguments)."""
+    inputs come first; the scalars travel as one tuple (apply's cost grows with its arguments).
+    forward and setup_context are apart, as torch.func.grad and vjp need (they run forward on the
+    tensors underneath their wrappers); the dropout RNG state leaves forward as a fourth, non-tensor
+    output for setup_context to keep."""
 
     @staticmethod
-    def forward(ctx, q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
-                scalars):
-        (max_q, max_k, scale, wl, wr, softcap, dropout_p, return_probs, num_splits,
-         deterministic) = scalars
+    def forward(q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k, kv_batch_idx, block_table, scalars):
+        max_q, max_k, scale, wl, wr, softcap, dropout_p, return_probs, num_splits, _ = scalars
         out, lse, rng, probs = forward_impl(q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k,
                                             kv_batch_idx, block_table, max_q, max_k, scale, wl, wr,
                                             softcap, dropout_p, return_probs, num_splits)
+        return out, lse, probs, rng
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, alibi, cu_q, cu_k, seqused_k, leftpad_k, kv_batch_idx, block_table, scalars = inputs
+        out, lse, probs, rng = output
         ctx.save_for_backward(q, k, v, out, lse, alibi, cu_q, cu_k)
         ctx.rng = rng
-        ctx.scalars = (max_q, max_k, scale, wl, wr, softcap, dropout_p, deterministic)
+        ctx.scalars = scalars[:7] + scalars[9:]  # without return_probs and num_splits
         ctx.no_backward = _no_backward(seqused_k, leftpad_k, kv_batch_idx, block_table)
         ctx.mark_non_differentiable(lse, *([probs] if probs is not None else []))
         # lse and probs get no gradient; materialising zeros for them cost a fill per call
         ctx.set_materialize_grads(False)
-        return out, lse, probs
 
     @staticmethod
-    def backward(ctx, dout, dlse, dprobs):
+    def backward(ctx, dout, dlse, dprobs, drng):
         if ctx.no_backward:
             raise RuntimeError(f"flash_attn: {ctx.no_backward}.")
         if dout is None:  # only lse or probs were used: nothing flows back
             return (None,) * 11
-        q, k, v, out, lse, alibi, cu_q, cu_k = ctx.saved_tensors
-        grads = backward_impl(dout, q, k, v, out, lse, ctx.rng, alibi, cu_q, cu_k, *ctx.scalars)
-        return grads + (None,) * 8
+        tensors = (dout, *ctx.saved_tensors)
+        if not torch._C._functorch.is_functorch_wrapped_tensor(tensors[1]):
+            return backward_impl(*tensors[:6], ctx.rng, *tensors[6:], *ctx.scalars) + (None,) * 8
+        # q was saved under a transform: the tensors underneath, with the transform's dispatch off
+        # (tensors made inside, such as the gradients, would otherwise be wrapped too)
+        tensors = _under_transform(tensors)
+        with torch._C._DisableFuncTorch():
+            return backward_impl(*tensors[:6], ctx.rng, *tensors[6:], *ctx.scalars) + (None,) * 8
+
+
+def _under_transform(tensors: tuple) -> tuple:
+    """After a forward under torch.func.grad or vjp the backward receives tensors wrapped for the
+    transform's level; the kernels need the tensors underneath, and return gradients that cannot be
+    differentiated again, so a second level (grad of grad) is refused rather than given zero second
+    derivatives."""
+    from torch._C import _functorch as F
+
+    if F.maybe_current_level() not in (None, 1):
+        raise NotImplementedError("flash_attn: nested torch.func transforms (grad of grad, jacrev, vmap) are not "
+                                  "supported; use one torch.func.grad or vjp, or torch.autograd")
+    out = []
+    for t in tensors:
+        while t is not None and F.is_functorch_wrapped_tensor(t):
+            if not F.is_gradtrackingtensor(t):
+                raise NotImplementedError("flash_attn: torch.func.vmap and jvp are not supported; use "
+                                          "torch.func.grad or vjp, or torch.autograd")
+            t = F.get_unwrapped(t)
+        out.append(t)
+    return tuple(out)
+
+
+def c_apply(fn_cls):
+    """fn_cls.apply without torch's Python wrapper around it, or None where torch lacks the C
+    method. The wrapper binds a setup_context Function's arguments by signature and unwraps
+    functorch wrappers (callers take the wrapper instead while a transform is active); skipping it
+    saves microseconds per call (the fast path's node: about 3.5 of the 10 µs the autograd
+    boundary costs, CPU, torch 2.13)."""
+    apply = getattr(getattr(torch._C, "_FunctionBase", None), "__dict__", {}).get("apply")
+    return apply.__get__(None, fn_cls) if apply is not None else None
+
+
+_EAGER_APPLY = c_apply(_EagerAttention)
 
 
 _RETURN_PROBS = _FWD_INPUTS.index("return_probs")
@@ -218,4 +263,6 @@ def attention(*inputs):
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         out, lse, _, probs = forward_impl(*inputs[:-1])  # inference: no graph to record
         return out, lse, probs
-    return _EagerAttention.apply(*inputs[:10], inputs[10:])
+    if _EAGER_APPLY is None or torch._C._are_functorch_transforms_active():
+        return _EagerAttention.apply(*inputs[:10], inputs[10:])[:3]
+    return _EAGER_APPLY(*inputs[:10], inputs[10:])[:3]

@@ -332,6 +332,41 @@ def _grads_once(q, k, v, dout, **kw):
     return (out, *torch.autograd.grad(out, (q, k, v), dout))
 
 
+@pytest.mark.parametrize("kind", ["dense", "alibi", "varlen"])
+def test_torch_func_grad_and_vjp_match_autograd(device, kind):
+    """torch.func.grad and vjp over flash_attn's calls (the fast path steps aside for the general
+    path's Function) give autograd's gradients: bitwise for vjp (deterministic backward), within
+    the rounding of the summed loss for grad."""
+    q, k, v = _qkv(2, 75, 90, 4, 2, 64, torch.bfloat16, device)
+    dout = torch.randn_like(q)
+    slopes = torch.rand(4, device=device) if kind == "alibi" else None
+    cu_q = torch.tensor([0, 75, 150], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 90, 180], dtype=torch.int32, device=device)
+
+    def attn(q_, k_, v_):
+        if kind == "varlen":
+            out = flash_attn.flash_attn_varlen_func(q_.flatten(0, 1), k_.flatten(0, 1), v_.flatten(0, 1), cu_q, cu_k,
+                                                    75, 90, causal=True, deterministic=True)
+            return out.unflatten(0, (2, 75))
+        return flash_attn_func(q_, k_, v_, causal=True, alibi_slopes=slopes, deterministic=True)
+
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(attn(*leaves), leaves, dout)
+    got = torch.func.grad(lambda *a: (attn(*a).float() * dout.float()).sum(), argnums=(0, 1, 2))(q, k, v)
+    out, vjp = torch.func.vjp(attn, q, k, v)
+    for w, g, g2 in zip(want, got, vjp(dout)):
+        assert torch.allclose(w.float(), g.float(), atol=2e-2, rtol=2e-2)
+        assert torch.equal(w, g2)
+    assert torch.equal(out, attn(q, k, v))
+
+
+def test_nested_torch_func_transforms_are_refused(device):
+    q, k, v = _qkv(1, 20, 20, 2, 2, 64, torch.float16, device)
+    loss = lambda q_: flash_attn_func(q_, k, v).float().sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match="nested"):
+        torch.func.grad(lambda q_: torch.func.grad(loss)(q_).float().sum())(q)
+
+
 @pytest.mark.parametrize("how", ["argument", "env"])
 def test_deterministic_backward_is_bitwise_reproducible(device, how, monkeypatch):
     q, k, v = _qkv(2, 256, 320, 4, 2, 64, torch.bfloat16, device)
