@@ -23,10 +23,11 @@ DTYPES = {"fp16": ("cute::half_t", "FA_DTYPE_FP16"), "bf16": ("cute::bfloat16_t"
 DIRECTIONS = ("fwd", "bwd")
 
 # What the kernels implement, read by the dispatcher. "performance" is accepted and changes
-# nothing (there is no lower-precision path). Not implemented (the ABI glue answers
-# FA_ERR_UNSUPPORTED): paged KV (block_table), leftpad_k, kv_batch_idx, split-KV.
-FEATURES = ("causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa", "seqused_k", "rtz",
-            "deterministic", "performance")
+# nothing (there is no lower-precision path). The KV-cache features (leftpad, kv_batch_idx,
+# paged_kv with any page size) are forward-only, as the API's kvcache call is. Not implemented:
+# split-KV (a speed hint, ignored).
+FEATURES = ("causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa", "seqused_k", "leftpad",
+            "kv_batch_idx", "paged_kv", "rtz", "deterministic", "performance")
 
 # What a call must satisfy; native.py pads or copies tensors that do not.
 REQUIRES = {"head_dim_multiple": 8, "stride_multiple": 8, "ptr_align": 16, "min_arch": 80}

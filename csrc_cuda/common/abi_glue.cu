@@ -74,9 +74,23 @@ struct Resolved {
 // Validates the problem against this library and finds the launcher; returns FA_OK or a status
 // with g_last_error set.
 int resolve(fa_problem const& pr, bool backward, Resolved& out) {
-  if (pr.block_table) { return fail(FA_ERR_UNSUPPORTED, "paged KV (block_table) is not implemented by the cuda backend"); }
-  if (pr.leftpad_k) { return fail(FA_ERR_UNSUPPORTED, "leftpad_k is not implemented by the cuda backend"); }
-  if (pr.kv_batch_idx) { return fail(FA_ERR_UNSUPPORTED, "kv_batch_idx is not implemented by the cuda backend"); }
+  const bool cache = pr.block_table || pr.leftpad_k || pr.kv_batch_idx;
+  if (backward && cache) {
+    return fail(FA_ERR_UNSUPPORTED, "the cuda backward has no KV-cache addressing (block_table, leftpad_k, kv_batch_idx)");
+  }
+  if (pr.block_table && pr.page_block_size < 1) {
+    return fail(FA_ERR_INVALID_ARGUMENT, "page_block_size must be >= 1 with a block_table (got " +
+                                             std::to_string(pr.page_block_size) + ")");
+  }
+  if (pr.block_table && !pr.seqused_k && !pr.cu_seqlens_k) {
+    return fail(FA_ERR_INVALID_ARGUMENT, "a paged call needs seqused_k or cu_seqlens_k: seqlen_k is the page size there");
+  }
+  if (pr.kv_batch_idx && (pr.block_table || pr.cu_seqlens_k)) {
+    return fail(FA_ERR_UNSUPPORTED, "kv_batch_idx selects a row of a dense cache: not with block_table or cu_seqlens_k");
+  }
+  if (pr.leftpad_k && pr.cu_seqlens_k) {
+    return fail(FA_ERR_UNSUPPORTED, "leftpad_k shifts a cache row: not with cu_seqlens_k");
+  }
   if (pr.dtype != FA_DTYPE_FP16 && pr.dtype != FA_DTYPE_BF16) { return fail(FA_ERR_INVALID_ARGUMENT, "unknown dtype"); }
   if (pr.head_dim < 1 || pr.head_dim > 256) { return fail(FA_ERR_INVALID_ARGUMENT, "head_dim must be in 1..256"); }
   if (pr.head_dim % 8 != 0) {
@@ -131,6 +145,11 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
   p.cu_seqlens_q = pr.cu_seqlens_q;
   p.cu_seqlens_k = pr.cu_seqlens_k;
   p.seqused_k = pr.seqused_k;
+  p.kv_batch_idx = pr.kv_batch_idx;
+  p.leftpad_k = pr.leftpad_k;
+  p.block_table = pr.block_table;
+  p.block_table_batch_stride = pr.block_table_batch_stride;
+  p.page_size = pr.page_block_size;
   p.window_left = pr.window_left;
   p.window_right = pr.window_right;
   p.softmax_scale = pr.softmax_scale;

@@ -27,6 +27,14 @@ struct AttnParams {
   const int32_t* cu_seqlens_q;
   const int32_t* cu_seqlens_k;
   const int32_t* seqused_k;
+  // KV cache (forward only): the cache row of each sequence, the keys skipped at its start, and a
+  // paged cache's page table (k, v then (pages, page_size, nheads_k, head_dim), batch_stride
+  // between pages; any page size)
+  const int32_t* kv_batch_idx;
+  const int32_t* leftpad_k;
+  const int32_t* block_table;
+  int64_t block_table_batch_stride;
+  int page_size;
 
   int window_left, window_right;  // -1 = unbounded
 

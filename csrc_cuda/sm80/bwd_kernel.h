@@ -85,8 +85,8 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   const int hk = h / p.group;
   Tensor mQ = head_tensor<Element, kHeadDim>(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
   Tensor mdO = head_tensor<Element, kHeadDim>(p.dout, seq.q_offset(p.dout, b) + h * p.dout.head_stride, seq.seqlen_q);
-  Tensor mK = head_tensor<Element, kHeadDim>(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
-  Tensor mV = head_tensor<Element, kHeadDim>(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
+  Tensor mK = head_tensor<Element, kHeadDim>(p.k, seq.k_offset(p.k) + hk * p.k.head_stride, seq.seqlen_k);
+  Tensor mV = head_tensor<Element, kHeadDim>(p.v, seq.k_offset(p.v) + hk * p.v.head_stride, seq.seqlen_k);
   Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, 0));    // (kBlockM, kHeadDim, m)
   Tensor gdO = local_tile(mdO, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockM, kHeadDim, m)
   Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));  // (kBlockN, kHeadDim)
@@ -301,8 +301,8 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   stage_rows<Element>(acc_dk, tdKcdK, sK, f.rtz);
   stage_rows<Element>(acc_dv, tdKcdK, sV, f.rtz);
   __syncthreads();
-  Tensor mdK = head_tensor<Element, kHeadDim>(p.dk, seq.k_offset(p.dk, b) + h * p.dk.head_stride, seq.seqlen_k_rows);
-  Tensor mdV = head_tensor<Element, kHeadDim>(p.dv, seq.k_offset(p.dv, b) + h * p.dv.head_stride, seq.seqlen_k_rows);
+  Tensor mdK = head_tensor<Element, kHeadDim>(p.dk, seq.k_offset(p.dk) + h * p.dk.head_stride, seq.seqlen_k_rows);
+  Tensor mdV = head_tensor<Element, kHeadDim>(p.dv, seq.k_offset(p.dv) + h * p.dv.head_stride, seq.seqlen_k_rows);
   Tensor gdK = local_tile(mdK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));
   Tensor gdV = local_tile(mdV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, 0));
   store_tile(tKsK, gmem_thr.partition_D(gdK), tKcK, seq.seqlen_k_rows - col0, p.head_dim);

@@ -83,9 +83,9 @@ __global__ void __launch_bounds__(kRowKernelThreads) bwd_dkv_reduce_kernel(__gri
         dv[i] += p.dv_accum[src_row + g * kHeadDim + c + i];
       }
     }
-    store8(static_cast<Element*>(p.dk.ptr) + seq.k_offset(p.dk, b) + hk * p.dk.head_stride + row * p.dk.row_stride + c,
+    store8(static_cast<Element*>(p.dk.ptr) + seq.k_offset(p.dk) + hk * p.dk.head_stride + row * p.dk.row_stride + c,
            dk, p.rtz);
-    store8(static_cast<Element*>(p.dv.ptr) + seq.k_offset(p.dv, b) + hk * p.dv.head_stride + row * p.dv.row_stride + c,
+    store8(static_cast<Element*>(p.dv.ptr) + seq.k_offset(p.dv) + hk * p.dv.head_stride + row * p.dv.row_stride + c,
            dv, p.rtz);
   }
 }

@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   // last, which decide when the grid ends, are then the short ones.
   const int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
 
-  const SeqInfo seq(p, b);
+  const SeqInfo seq(p, b, f.kv_cache);
   if (m_block * kBlockM >= seq.seqlen_q) { return; }
   const Mask mask{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right};
   int n_min, n_max;
@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   // Global tiles
   const int hk = h / p.group;
   Tensor mQ = head_tensor<Element, kHeadDim>(p.q, seq.q_offset(p.q, b) + h * p.q.head_stride, seq.seqlen_q);
-  Tensor mK = head_tensor<Element, kHeadDim>(p.k, seq.k_offset(p.k, b) + hk * p.k.head_stride, seq.seqlen_k);
-  Tensor mV = head_tensor<Element, kHeadDim>(p.v, seq.k_offset(p.v, b) + hk * p.v.head_stride, seq.seqlen_k);
+  Tensor mK = head_tensor<Element, kHeadDim>(p.k, seq.k_offset(p.k) + hk * p.k.head_stride, seq.seqlen_k);
+  Tensor mV = head_tensor<Element, kHeadDim>(p.v, seq.k_offset(p.v) + hk * p.v.head_stride, seq.seqlen_k);
   Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));  // (kBlockM, kHeadDim)
   Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)
   Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));  // (kBlockN, kHeadDim, n)
@@ -95,9 +95,21 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   // A tensor over K's or V's shared tile (or a partition of it) moved to buffer `stage`: a whole
   // tile further on, so the swizzle pattern, which repeats every 8-row atom, is unchanged.
   auto kv_stage = [&](auto const& t, int stage) { return make_tensor(t.data() + stage * size(sK), t.layout()); };
+  // Key block n of K or V (t, its global partition tXgX) into the shared partition dst, rows from
+  // max_rows on zero-filled; check_rows false: a full block. A paged cache is read through its
+  // page table instead.
+  const int32_t* page_table = f.paged ? p.block_table + b * p.block_table_batch_stride : nullptr;
+  auto load_keys = [&](auto check_rows, TensorRef const& t, auto const& tXgX, int n, auto&& dst, int max_rows) {
+    if (f.paged) {
+      load_paged(dst, tKcK, t, hk * t.head_stride, page_table, p.page_size, n * kBlockN + seq.k_shift, max_rows,
+                 p.head_dim);
+    } else {
+      load_tile<decltype(check_rows)::value>(gmem_copy, tXgX(_, _, _, n), dst, tKcK, max_rows, p.head_dim);
+    }
+  };
   auto load_kv = [&](int n, int stage) {  // K(n) and V(n) of a full block into buffer `stage`
-    load_tile<false>(gmem_copy, tKgK(_, _, _, n), kv_stage(tKsK, stage), tKcK, kBlockN, p.head_dim);
-    load_tile<false>(gmem_copy, tVgV(_, _, _, n), kv_stage(tVsV, stage), tKcK, kBlockN, p.head_dim);
+    load_keys(false_type{}, p.k, tKgK, n, kv_stage(tKsK, stage), kBlockN);
+    load_keys(false_type{}, p.v, tVgV, n, kv_stage(tVsV, stage), kBlockN);
   };
 
   // Q with the first K, then that block's V in a group of its own, so that the first S = Q K^T
@@ -105,11 +117,11 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   // there is none). Only this first (last-keyed) block can end past seqlen_k.
   load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, seq.seqlen_q - row0, p.head_dim);
   if (n_max > n_min) {
-    load_tile(gmem_copy, tKgK(_, _, _, n_max - 1), tKsK, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
+    load_keys(true_type{}, p.k, tKgK, n_max - 1, tKsK, seq.seqlen_k - (n_max - 1) * kBlockN);
   }
   cp_async_fence();
   if (n_max > n_min) {
-    load_tile(gmem_copy, tVgV(_, _, _, n_max - 1), tVsV, tKcK, seq.seqlen_k - (n_max - 1) * kBlockN, p.head_dim);
+    load_keys(true_type{}, p.v, tVgV, n_max - 1, tVsV, seq.seqlen_k - (n_max - 1) * kBlockN);
   }
   cp_async_fence();
   if constexpr (kStages == 2) {
@@ -131,7 +143,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     __syncthreads();  // K(n) (two buffers: and V(n)) landed; every warp is done with block n+1
     if (!first) {
       if constexpr (kStages == 1) {
-        load_tile<false>(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, kBlockN, p.head_dim);
+        load_keys(false_type{}, p.v, tVgV, n, tVsV, kBlockN);
         cp_async_fence();
       } else if (n > n_min) {
         load_kv(n - 1, stage ^ 1);
@@ -147,7 +159,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
       cp_async_wait<0>();
       __syncthreads();  // V(n) landed; every warp is done reading K(n)
       if (n > n_min) {
-        load_tile<false>(gmem_copy, tKgK(_, _, _, n - 1), tKsK, tKcK, kBlockN, p.head_dim);  // a full block
+        load_keys(false_type{}, p.k, tKgK, n - 1, tKsK, kBlockN);
         cp_async_fence();
       }
     } else if (first) {

@@ -50,6 +50,30 @@ __device__ __forceinline__ void load_tile(TiledCopy const&, TensorG const& src, 
   }
 }
 
+// load_tile for a K or V block of a paged cache: key key0 + r of the sequence (r the tile row) is
+// row (key0 + r) % page_size of page table[(key0 + r) / page_size]; t's batch_stride steps pages
+// and head_offset selects the head. Rows from max_rows on and columns from max_cols on are
+// zero-filled, as in load_tile.
+template <class TensorS, class TensorC>
+__device__ __forceinline__ void load_paged(TensorS&& dst, TensorC const& coord, TensorRef const& t, int64_t head_offset,
+                                           const int32_t* table, int page_size, int key0, int max_rows, int max_cols) {
+  using Element = typename std::decay_t<TensorS>::value_type;
+#pragma unroll
+  for (int m = 0; m < size<1>(dst); ++m) {
+    const int r = get<0>(coord(0, m, 0));
+    const bool row_ok = r < max_rows;
+    const int key = key0 + r;
+    const int64_t page = row_ok ? table[key / page_size] : 0;
+    const Element* row = static_cast<const Element*>(t.ptr) + head_offset + page * t.batch_stride +
+                         int64_t(key % page_size) * t.row_stride;
+#pragma unroll
+    for (int k = 0; k < size<2>(dst); ++k) {
+      const int col = get<1>(coord(0, m, k));
+      cp_async_chunk(&dst(0, m, k), row + col, !(row_ok && col < max_cols));
+    }
+  }
+}
+
 // The reverse of load_tile for a tile staged in shared memory: 16-byte chunks to global memory,
 // those whose first row or column is out of range not written.
 template <class TensorS, class TensorG, class TensorC>

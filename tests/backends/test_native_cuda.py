@@ -200,6 +200,106 @@ def test_seqused_k(causal):
     compare(q, k, v, args, case=f"seqused_k causal={causal}")
 
 
+# ---------------------------------------------------------------------------------------------
+# KV-cache addressing (forward only): the library reads keys through kv_batch_idx, leftpad_k or a
+# page table; the oracle sees the same keys gathered into a dense (batch, keys, hk, d) tensor.
+def _paged(k_logical, v_logical, page):
+    """Pages of `page` rows holding each sequence's cache row, in a random order, plus two spare
+    pages; returns the physical k, v and the (batch, pages per sequence) table."""
+    b, cap, hk, d = k_logical.shape
+    per_seq = -(-cap // page)
+    pad = per_seq * page - cap
+    kp = torch.nn.functional.pad(k_logical, (0, 0, 0, 0, 0, pad)).reshape(b * per_seq, page, hk, d)
+    vp = torch.nn.functional.pad(v_logical, (0, 0, 0, 0, 0, pad)).reshape(b * per_seq, page, hk, d)
+    perm = torch.randperm(b * per_seq + 2, device=DEV)
+    k_phys, v_phys = rand(b * per_seq + 2, page, hk, d, dtype=k_logical.dtype), rand(b * per_seq + 2, page, hk, d, dtype=k_logical.dtype)
+    k_phys[perm[: b * per_seq]], v_phys[perm[: b * per_seq]] = kp, vp
+    return k_phys, v_phys, perm[: b * per_seq].view(b, per_seq).to(torch.int32)
+
+
+def _cache_keys(k_logical, rows, shift, used):
+    """Key j of sequence i is k_logical[rows[i], shift[i] + j], j < used[i] - shift[i] (zeros past it)."""
+    cap = k_logical.shape[1]
+    pos = (torch.arange(cap, device=DEV)[None, :] + shift[:, None].long()).clamp(max=cap - 1)
+    return k_logical[rows.long()[:, None], pos]
+
+
+def compare_cache(q, k_logical, v_logical, used, *, page=None, batch_idx=None, leftpad=None, case="", **kw):
+    b = q.shape[0]
+    shift = leftpad if leftpad is not None else torch.zeros(b, dtype=torch.int32, device=DEV)
+    rows = batch_idx if batch_idx is not None else torch.arange(b, device=DEV)
+    if page is None:
+        k_in, v_in, table = k_logical, v_logical, None
+    else:
+        k_in, v_in, table = _paged(k_logical, v_logical, page)
+    args = AttnArgs(seqused_k=used, block_table=table, kv_batch_idx=batch_idx, leftpad_k=leftpad, **kw)
+    out, lse = run_fwd(q, k_in, v_in, args)
+    torch.cuda.synchronize()
+    k_seq, v_seq = _cache_keys(k_logical, rows, shift, used), _cache_keys(v_logical, rows, shift, used)
+    oracle = AttnArgs(seqused_k=(used - shift).to(torch.int32), **kw)
+    o64, l64 = R.attention(q.double(), k_seq.double(), v_seq.double(), **ref_kwargs(oracle), dtype=torch.float64)
+    ob, lb = R.attention(q, k_seq, v_seq, **ref_kwargs(oracle), dtype=q.dtype)
+    check("out", out, o64, ob, 2, case)
+    check("lse", lse, l64, lb, 2, case)
+
+
+@pytest.mark.parametrize("page", [16, 5, 128, 256])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_paged_kv(causal, d, page):
+    _need(d, torch.bfloat16)
+    q = rand(3, 7, 4, d)
+    k, v = rand(3, 700, 2, d), rand(3, 700, 2, d)
+    used = torch.tensor([700, 1, 333], dtype=torch.int32, device=DEV)
+    compare_cache(q, k, v, used, page=page, softmax_scale=d ** -0.5, window_right=0 if causal else -1,
+                  case=f"paged page={page} d{d} causal={causal}")
+
+
+@pytest.mark.parametrize("page", [None, 16], ids=["dense", "page16"])
+def test_leftpad_k(page):
+    _need(64, torch.float16)
+    q = rand(3, 5, 4, 64, dtype=torch.float16)
+    k, v = rand(3, 300, 4, 64, dtype=torch.float16), rand(3, 300, 4, 64, dtype=torch.float16)
+    used = torch.tensor([300, 90, 171], dtype=torch.int32, device=DEV)
+    leftpad = torch.tensor([0, 89, 40], dtype=torch.int32, device=DEV)
+    compare_cache(q, k, v, used, page=page, leftpad=leftpad, softmax_scale=0.125, window_right=0,
+                  case=f"leftpad {page}")
+
+
+def test_kv_batch_idx_with_features():
+    """Cache rows picked per sequence, with the full kernel's other features on top."""
+    _need(64, torch.bfloat16)
+    q = rand(3, 9, 4, 64)
+    k, v = rand(5, 257, 1, 64), rand(5, 257, 1, 64)
+    used = torch.tensor([257, 30, 128], dtype=torch.int32, device=DEV)
+    rows = torch.tensor([4, 0, 2], dtype=torch.int32, device=DEV)
+    compare_cache(q, k, v, used, batch_idx=rows, softmax_scale=0.3, softcap=5.0, window_left=60, window_right=0,
+                  alibi_slopes=torch.rand(4, device=DEV), case="kv_batch_idx")
+
+
+def test_varlen_paged():
+    """cu_seqlens_k gives the key counts and the table the rows (flash_attn_varlen_func's block_table)."""
+    _need(64, torch.bfloat16)
+    lens_q, lens_k = [3, 40, 1], [100, 41, 300]
+    cu_q = torch.tensor([0, 3, 43, 44], dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0, 100, 141, 441], dtype=torch.int32, device=DEV)
+    q = rand(44, 4, 64)
+    k_logical, v_logical = rand(3, 300, 2, 64), rand(3, 300, 2, 64)
+    k_phys, v_phys, table = _paged(k_logical, v_logical, 16)
+    args = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=40,
+                    max_seqlen_k=300, block_table=table)
+    out, lse = run_fwd(q, k_phys, v_phys, args)
+    torch.cuda.synchronize()
+    k_pack = torch.cat([k_logical[i, :n] for i, n in enumerate(lens_k)])
+    v_pack = torch.cat([v_logical[i, :n] for i, n in enumerate(lens_k)])
+    oracle = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                      max_seqlen_q=40, max_seqlen_k=300)
+    o64, l64 = R.attention(q.double(), k_pack.double(), v_pack.double(), **ref_kwargs(oracle), dtype=torch.float64)
+    ob, lb = R.attention(q, k_pack, v_pack, **ref_kwargs(oracle), dtype=q.dtype)
+    check("out", out, o64, ob, 2, "varlen paged")
+    check("lse", lse, l64, lb, 2, "varlen paged")
+
+
 def test_fully_masked_rows():
     """Rows that see no key output exactly 0, lse = +inf, and get zero gradients."""
     _need(64, torch.float16, bwd=True)
