@@ -1,0 +1,84 @@
+"""One decoding step over a KV cache: flash_attn_with_kvcache with a dense and a paged cache, the
+reference backend on the paged cache (what a paged call ran before the CUDA kernels read pages),
+and SDPA over the same dense keys (GQA, every sequence at full length, so no mask).
+
+    python benchmarks/kvcache_decode.py [--cache 1024,4096,16384] [--batch 8] [--pages 16,256]
+
+Prints microseconds per call (median of --repeats CUDA-event timings after warm-up) and the K/V
+bytes read per second. Inputs are random; every implementation runs in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import flash_attn
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
+
+
+def paged(k: torch.Tensor, v: torch.Tensor, page: int):
+    """The cache rows of k and v in pages of `page` rows, shuffled, with their block table."""
+    b, cap, hk, d = k.shape
+    per_seq = cap // page
+    perm = torch.randperm(b * per_seq, device=k.device)
+    kp, vp = torch.empty_like(k).view(-1, page, hk, d), torch.empty_like(v).view(-1, page, hk, d)
+    kp[perm], vp[perm] = k.reshape(-1, page, hk, d), v.reshape(-1, page, hk, d)
+    return kp, vp, perm.view(b, per_seq).to(torch.int32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default="1024,4096,16384")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--heads", default="32,8", help="query heads, key/value heads")
+    ap.add_argument("--headdim", type=int, default=128)
+    ap.add_argument("--pages", default="16,256")
+    ap.add_argument("--repeats", type=int, default=50)
+    args = ap.parse_args()
+    h, hk = (int(x) for x in args.heads.split(","))
+    b, d = args.batch, args.headdim
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, batch {b}, heads {h}/{hk}, d {d}, 1 query")
+    print(f"{'cache':>6} {'implementation':<28} {'us':>8} {'GB/s':>7}")
+    for cap in (int(x) for x in args.cache.split(",")):
+        q = torch.randn(b, 1, h, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(b, cap, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        lens = torch.full((b,), cap, dtype=torch.int32, device="cuda")
+        kv_bytes = 2 * k.numel() * k.element_size()
+        runs = {"flash_attn dense cache": lambda: flash_attn.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens)}
+        pages = [int(x) for x in args.pages.split(",")]
+        for page in pages:
+            kp, vp, table = paged(k, v, page)
+            runs[f"flash_attn paged {page}"] = (lambda kp=kp, vp=vp, t=table: flash_attn.flash_attn_with_kvcache(
+                q, kp, vp, cache_seqlens=lens, block_table=t))
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        runs["sdpa dense (enable_gqa)"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True).transpose(1, 2)
+        want = runs["flash_attn dense cache"]()
+        for fn in runs.values():
+            torch.testing.assert_close(fn(), want, atol=2e-2, rtol=2e-2)  # the same attention
+        for name, fn in runs.items():
+            us = timed(fn, args.repeats)
+            print(f"{cap:>6} {name:<28} {us:>8.1f} {kv_bytes / us / 1e3:>7.0f}")
+        os.environ["FLASH_ATTENTION_BACKEND"] = "only:reference"
+        us = timed(runs[f"flash_attn paged {pages[0]}"], max(3, args.repeats // 10))
+        del os.environ["FLASH_ATTENTION_BACKEND"]
+        print(f"{cap:>6} {f'reference paged {pages[0]}':<28} {us:>8.1f} {kv_bytes / us / 1e3:>7.0f}")
+
+
+if __name__ == "__main__":
+    main()
