@@ -83,7 +83,8 @@ int resolve(fa_problem const& pr, bool backward, Resolved& out) {
                                              std::to_string(pr.page_block_size) + ")");
   }
   if (pr.block_table && !pr.seqused_k && !pr.cu_seqlens_k) {
-    return fail(FA_ERR_INVALID_ARGUMENT, "a paged call needs seqused_k or cu_seqlens_k: seqlen_k is the page size there");
+    return fail(FA_ERR_INVALID_ARGUMENT,
+                "block_table is set without seqused_k or cu_seqlens_k: a paged call must give each sequence's key count");
   }
   if (pr.kv_batch_idx && (pr.block_table || pr.cu_seqlens_k)) {
     return fail(FA_ERR_UNSUPPORTED, "kv_batch_idx selects a row of a dense cache: not with block_table or cu_seqlens_k");

@@ -377,16 +377,23 @@ def test_unaligned_strides_are_handled():
     compare(q, k, v, AttnArgs(softmax_scale=0.125), case="unaligned")
 
 
-def test_unsupported_feature_raises():
+def test_unsupported_calls_raise():
     _need(64, torch.float16)
     q, k, v = qkv(1, 16, 16, 1, 1, 64, torch.float16)
     bt = torch.zeros(1, 1, dtype=torch.int32, device=DEV)
-    with pytest.raises(RuntimeError, match="block_table"):
+    with pytest.raises(RuntimeError, match="block_table is set without seqused_k or cu_seqlens_k"):
         run_fwd(q, k, v, AttnArgs(softmax_scale=0.125, block_table=bt))
+    used = torch.full((1,), 16, dtype=torch.int32, device=DEV)
+    with pytest.raises(RuntimeError, match="kv_batch_idx selects a row of a dense cache"):
+        run_fwd(q, k, v, AttnArgs(softmax_scale=0.125, block_table=bt, seqused_k=used, kv_batch_idx=used * 0))
+    if "bwd" in INFO["directions"]:
+        out, lse = run_fwd(q, k, v, AttnArgs(softmax_scale=0.125))
+        with pytest.raises(RuntimeError, match="the cuda backward has no KV-cache addressing"):
+            run_bwd(torch.randn_like(q), q, k, v, out, lse, AttnArgs(softmax_scale=0.125, leftpad_k=used * 0))
 
 
 def test_build_info():
     assert INFO["backend"] == "cuda"
     assert set(INFO["directions"]) <= {"fwd", "bwd"} and INFO["directions"]
     assert all(d in (32, 64, 96, 128, 192, 256) for d in BUCKETS)
-    assert not {"paged_kv", "leftpad", "kv_batch_idx", "split_kv"} & set(INFO["features"])
+    assert {"paged_kv", "leftpad", "kv_batch_idx"} <= set(INFO["features"]) and "split_kv" not in INFO["features"]
