@@ -1,6 +1,6 @@
 // Where one batch entry's rows live and how long its sequences really are (varlen, seqused_k), and
 // for the forward's KV-cache calls which cache row holds its keys and from where (kv_batch_idx,
-// leftpad_k; paged caches are addressed per key block, sm80/tile_io.h load_paged).
+// leftpad_k; paged caches are addressed row by row, sm80/tile_io.h load_paged).
 #pragma once
 
 #include "params.h"
