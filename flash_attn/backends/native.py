@@ -313,11 +313,7 @@ class NativeLibrary:
         call = PackedCall(self._lib.fa_bwd, _BWD, _bwd_values(dout, q, k, v, out, lse, args, dq, dk, dv, arch, 0),
                           _slots(_BwdParams, _BWD_POINTERS, varlen), self._check, "backward",
                           self._lib.fa_bwd_workspace_size)
-        if varlen:
-            return call, None
-        _, _, _, _, size, size_addr = self._buffers()
-        self._check(self._lib.fa_bwd_workspace_size(call.addr, size_addr), "backward workspace query")
-        return call, size.value
+        return call, None if varlen else call.workspace_size()
 
     def forward(self, q, k, v, args: AttnArgs, out, lse, arch: int = 0) -> None:
         if elsewhere(q.device):
