@@ -27,7 +27,7 @@ _state: Optional[tuple] = None  # (module or None, why not)
 
 
 def file_name(torch_version: str = torch.__version__, cache_tag: str = sys.implementation.cache_tag) -> str:
-    """As csrc_torch/build.py's module_file_name (tested equal)."""
+    """The module's file name for this torch and Python ABI; csrc_torch/build.py writes it under this name."""
     safe = "".join(c if c.isalnum() or c in ".+" else "_" for c in torch_version)
     return f"{MODULE}-torch{safe}-{cache_tag}.so"
 
