@@ -24,10 +24,11 @@ DIRECTIONS = ("fwd", "bwd")
 
 # What the kernels implement, read by the dispatcher. "performance" is accepted and changes
 # nothing (there is no lower-precision path). The KV-cache features (leftpad, kv_batch_idx,
-# paged_kv with any page size) are forward-only, as the API's kvcache call is. Not implemented:
-# split-KV (a speed hint, ignored).
+# paged_kv with any page size) are forward-only, as the API's kvcache call is. split_kv: the
+# forward honours num_splits (and chooses a split itself when the grid leaves SMs idle), except
+# with dropout or varlen q, where it runs unsplit.
 FEATURES = ("causal", "window", "alibi", "softcap", "dropout", "varlen", "gqa", "seqused_k", "leftpad",
-            "kv_batch_idx", "paged_kv", "rtz", "deterministic", "performance")
+            "kv_batch_idx", "paged_kv", "split_kv", "rtz", "deterministic", "performance")
 
 # What a call must satisfy; native.py pads or copies tensors that do not.
 REQUIRES = {"head_dim_multiple": 8, "stride_multiple": 8, "ptr_align": 16, "min_arch": 80}

@@ -104,7 +104,8 @@ std::vector<std::optional<std::string>> flag_values() {
 struct Plan {
   std::string backend;
   Packed fwd, bwd;  // bwd.fn null: no planned backward, the general path always
-  int64_t workspace_bytes = 0;
+  int64_t fwd_workspace_bytes = 0;  // a split-KV forward's partial results
+  int64_t workspace_bytes = 0;      // the backward's
   std::vector<int64_t> lse_shape;
   uint64_t pointer_mask = 0;
   LastError last_error = nullptr;
@@ -114,6 +115,15 @@ struct Plan {
   bool deterministic_algorithms = at::globalContext().deterministicAlgorithms();
   std::unique_ptr<PyRef> general_backward;  // (dout, q, k, v, out, lse) -> (dq, dk, dv)
   at::Tensor lse_sink;  // where inference calls write their lse (nothing reads it)
+
+  void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+               const at::Tensor& lse) const {
+    at::Tensor workspace;
+    if (fwd_workspace_bytes > 0) { workspace = at::empty({fwd_workspace_bytes}, q.options().dtype(at::kByte)); }
+    fwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(lse),
+              workspace.defined() ? address(workspace) : 0},
+             last_error, backend, "forward");
+  }
 
   bool state_unchanged() const {
     return at::globalContext().deterministicAlgorithms() == deterministic_algorithms && flag_values() == flags;
@@ -140,8 +150,7 @@ struct PlannedAttention : torch::autograd::Function<PlannedAttention> {
     const c10::DeviceGuard device(q.device());
     at::Tensor out = at::empty_like(q);
     at::Tensor lse = at::empty(plan->lse_shape, q.options().dtype(at::kFloat));
-    plan->fwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(lse)}, plan->last_error,
-                   plan->backend, "forward");
+    plan->forward(q, k, v, out, lse);
     ctx->save_for_backward({q, k, v, out, lse});
     ctx->saved_data["plan"] = c10::IValue::make_capsule(c10::make_intrusive<PlanHolder>(plan));
     return out;
@@ -187,13 +196,14 @@ Packed packed(uint64_t fn, py::bytes params, std::vector<int64_t> slots, size_t 
 
 std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, uint64_t fwd_fn, py::bytes fwd_params,
                                 std::vector<int64_t> fwd_slots, uint64_t bwd_fn, py::bytes bwd_params,
-                                std::vector<int64_t> bwd_slots, int64_t workspace_bytes,
+                                std::vector<int64_t> bwd_slots, int64_t fwd_workspace_bytes, int64_t workspace_bytes,
                                 std::vector<int64_t> lse_shape, uint64_t pointer_mask, py::object general_backward) {
   if (fwd_fn == 0 || last_error == 0) { fail("flash_attn: a plan needs the forward and fa_last_error"); }
   auto plan = std::make_shared<Plan>();
   plan->backend = std::move(backend);
   plan->last_error = reinterpret_cast<LastError>(static_cast<uintptr_t>(last_error));
-  plan->fwd = packed(fwd_fn, fwd_params, std::move(fwd_slots), 6);
+  plan->fwd = packed(fwd_fn, fwd_params, std::move(fwd_slots), 7);
+  plan->fwd_workspace_bytes = fwd_workspace_bytes;
   plan->bwd = packed(bwd_fn, bwd_params, std::move(bwd_slots), 11);
   plan->workspace_bytes = workspace_bytes;
   plan->lse_shape = std::move(lse_shape);
@@ -281,8 +291,7 @@ at::Tensor infer(Plan& plan, const at::Tensor& q, const at::Tensor& k, const at:
   at::Tensor out = at::empty_like(q);
   // Nothing reads an inference call's lse: the kernels write it into one buffer per plan.
   if (!plan.lse_sink.defined()) { plan.lse_sink = at::empty(plan.lse_shape, q.options().dtype(at::kFloat)); }
-  plan.fwd.call({current_stream(q), address(q), address(k), address(v), address(out), address(plan.lse_sink)},
-                plan.last_error, plan.backend, "forward");
+  plan.forward(q, k, v, out, plan.lse_sink);
   return out;
 }
 

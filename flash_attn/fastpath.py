@@ -39,8 +39,9 @@ _DENSE = (None, None, 0, 0)  # a dense call's (cu_seqlens_q, cu_seqlens_k, max_s
 
 
 class _Plan:
-    def __init__(self, mask, device, fwd, lse_shape, bwd, ws_bytes, bwd_state, general_args):
+    def __init__(self, mask, device, fwd, fwd_ws_bytes, lse_shape, bwd, ws_bytes, bwd_state, general_args):
         self.mask, self.device, self.fwd, self.lse_shape = mask, device, fwd, lse_shape
+        self.fwd_ws_bytes = fwd_ws_bytes  # a split-KV forward's partial results
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.lse_sink = None
@@ -55,7 +56,9 @@ class _Plan:
         out = torch.empty_like(q)
         if lse is None:
             lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
-        ptrs = (native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr())
+        ws = torch.empty(self.fwd_ws_bytes, dtype=torch.uint8, device=self.device) if self.fwd_ws_bytes else None
+        ptrs = (native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                0 if ws is None else ws.data_ptr())
         if seq is None:
             self.fwd(*ptrs)
         else:
@@ -196,9 +199,10 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
     out = torch.empty_like(q)
     lse_shape = ops._lse_shape(q, cu_q)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
-    fwd = lib.packed_forward(q, k, v, fwd_args, out, lse, choice.target.sm)
-    if fwd is None:
+    packed = lib.packed_forward(q, k, v, fwd_args, out, lse, choice.target.sm)
+    if packed is None:
         return None
+    fwd, fwd_ws_bytes = packed
     general_args = (scale, left, right, softcap, 0.0, bool(deterministic))
     bwd, ws_bytes = None, 0
     if grad:
@@ -212,7 +216,7 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
                                           torch.empty_like(v), bchoice.target.sm)
             if packed is not None:
                 bwd, ws_bytes = packed
-    plan = _Plan(lib.pointer_mask, q.device, fwd, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
+    plan = _Plan(lib.pointer_mask, q.device, fwd, fwd_ws_bytes, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
     if seq is None:
         _attach_node(plan, lib)
     return plan
@@ -228,7 +232,7 @@ def _attach_node(plan: _Plan, lib) -> None:
     plan.node = module.make_plan(
         lib.name, lib.last_error_address, plan.fwd.fn_address, plan.fwd.params, list(native._FWD_POINTERS),
         0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
-        plan.ws_bytes, list(plan.lse_shape), plan.mask, functools.partial(_general_backward, plan.general_args))
+        plan.fwd_ws_bytes, plan.ws_bytes, list(plan.lse_shape), plan.mask, functools.partial(_general_backward, plan.general_args))
 
 
 def _general_backward(general_args, dout, q, k, v, out, lse):

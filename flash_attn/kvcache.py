@@ -106,8 +106,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         index = _cache_positions(k_cache, block_table, rows, cache_seqlens, s_new)
         k_cache[index] = k
         v_cache[index] = v
-    seqused_k = cache_seqlens + s_new
-    out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k.to(torch.int32),
+    seqused_k = (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)  # no add kernel to decode
+    out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k,
                              cache_leftpad, cache_batch_idx, block_table, 0, 0, scale, left, right,
                              float(softcap), 0.0, False, int(num_splits), False)
     return (out, lse) if return_softmax_lse else out

@@ -1,8 +1,9 @@
 // The C ABI of dispatch/include/flash_attn_abi.h: checks what Python cannot know (the device, the
 // compiled set, this backend's alignment needs), turns the ABI structs into kernel params, plans
-// the backward workspace, and reports failures through a status plus fa_last_error().
+// the split-KV and backward workspaces, and reports failures through a status plus fa_last_error().
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +27,8 @@ int fail(int status, std::string message) {
 struct DeviceFacts {
   int arch;       // compute capability, major * 10 + minor
   int smem_optin; // bytes of shared memory one block may opt into
+  int sms;        // multiprocessors (the split-KV choice)
+  int smem_per_sm;
 };
 
 // Queried once per device: the attribute calls cost microseconds each.
@@ -33,22 +36,29 @@ cudaError_t device_facts(DeviceFacts& facts) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> arch_cache[kMaxDevices];
   static std::atomic<int> smem_cache[kMaxDevices];
+  static std::atomic<int> sms_cache[kMaxDevices];
+  static std::atomic<int> smem_sm_cache[kMaxDevices];
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) { return err; }
   if (device < kMaxDevices && arch_cache[device].load(std::memory_order_acquire) != 0) {
-    facts = {arch_cache[device].load(std::memory_order_relaxed), smem_cache[device].load(std::memory_order_relaxed)};
+    facts = {arch_cache[device].load(std::memory_order_relaxed), smem_cache[device].load(std::memory_order_relaxed),
+             sms_cache[device].load(std::memory_order_relaxed), smem_sm_cache[device].load(std::memory_order_relaxed)};
     return cudaSuccess;
   }
-  int major = 0, minor = 0, smem = 0;
+  int major = 0, minor = 0, smem = 0, sms = 0, smem_sm = 0;
   if ((err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess ||
       (err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device)) != cudaSuccess ||
-      (err = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess) {
+      (err = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) != cudaSuccess) {
     return err;
   }
-  facts = {major * 10 + minor, smem};
+  facts = {major * 10 + minor, smem, sms, smem_sm};
   if (device < kMaxDevices) {
     smem_cache[device].store(smem, std::memory_order_relaxed);
+    sms_cache[device].store(sms, std::memory_order_relaxed);
+    smem_sm_cache[device].store(smem_sm, std::memory_order_relaxed);
     arch_cache[device].store(facts.arch, std::memory_order_release);
   }
   return cudaSuccess;
@@ -69,6 +79,7 @@ struct Resolved {
   sm80::ArchRow row;
   int bucket;
   KernelEntry const* entry;
+  int sms, smem_per_sm;
 };
 
 // Validates the problem against this library and finds the launcher; returns FA_OK or a status
@@ -111,6 +122,8 @@ int resolve(fa_problem const& pr, bool backward, Resolved& out) {
                                         std::to_string(arch) + ", device " + std::to_string(dev.arch) + ")");
   }
   out.row = sm80::arch_row(arch);
+  out.sms = dev.sms;
+  out.smem_per_sm = dev.smem_per_sm;
   out.bucket = sm80::kHeadDimBuckets[sm80::bucket_index(pr.head_dim)];
   const size_t smem = backward ? sm80::bwd_tile(out.row, out.bucket).smem_bytes()
                                : sm80::fwd_tile(out.row, out.bucket).smem_bytes();
@@ -169,6 +182,93 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
   p.rtz = (pr.flags & FA_FLAG_RTZ) != 0;
 }
 
+// A decoding step's query heads of one key head as the rows of one query block (FlashAttention-2's
+// swap): with one query per sequence, a group of g heads runs g rows in one block, which reads each
+// K/V block once, instead of one row in each of g blocks. q's heads are then rows (row stride = the
+// head stride) and the lse layout (batch, nheads, 1) is the same memory as (batch, nheads_k, g).
+// Not with what depends on the query head or position: ALiBi, dropout, a left window, varlen q; a
+// causal or right window over one query already sees every key.
+void fold_query_heads(AttnParams& p) {
+  if (p.seqlen_q != 1 || p.group == 1 || p.cu_seqlens_q || p.alibi_slopes || p.dropout || p.window_left >= 0) {
+    return;
+  }
+  for (TensorRef* t : {&p.q, &p.out}) {
+    t->row_stride = t->head_stride;
+    t->head_stride *= p.group;
+  }
+  p.seqlen_q = p.group;
+  p.nheads = p.nheads_k;
+  p.group = 1;
+  p.window_right = -1;
+}
+
+constexpr int kMaxSplits = 128;
+
+// Split-KV blocks per query block: 1 (the plain grid) unless that grid fills less than 0.8 of the
+// SMs; then the fewest splits whose blocks fill their last wave to within 85 % of the best fill,
+// counting the waves in split blocks resident at once (two per SM: up to 255 registers of 128
+// threads, fewer where shared memory allows fewer). A wave's fill decides a decoding step's time:
+// on the H100, 8 sequences x 8 key heads over 16k keys took 187 us with 4 splits (256 blocks, one
+// wave) and 274 us with 5 (320: a second wave of 56; benchmarks/results run eb). At least two key
+// blocks per split. Not for varlen q (the planned call path sizes a workspace once per signature;
+// a varlen one changes with max_seqlen_q) or dropout. `requested` (the API's num_splits) > 0
+// overrides the choice, within the key blocks there are.
+int choose_splits(AttnParams const& p, int requested, Resolved const& r) {
+  if (requested == 1 || p.cu_seqlens_q || p.dropout || p.batch <= 0 || p.nheads <= 0 || p.seqlen_q <= 0 ||
+      p.seqlen_k <= 0) {
+    return 1;
+  }
+  const sm80::FwdTile split = sm80::split_tile(r.bucket);
+  const int key_blocks = ceil_div(p.seqlen_k, split.block_n);
+  const int most = std::min({kMaxSplits, key_blocks, 65535 / std::max(p.batch, 1)});
+  if (requested > 1) { return std::max(1, std::min(requested, most)); }
+  const int64_t heads = int64_t(p.batch) * p.nheads;
+  if (heads * ceil_div(p.seqlen_q, sm80::fwd_tile(r.row, r.bucket).block_m) * 5 >= int64_t(r.sms) * 4) { return 1; }
+  const int64_t blocks = heads * ceil_div(p.seqlen_q, split.block_m);
+  const int per_sm = std::max(1, std::min(2, r.smem_per_sm / int(split.smem_bytes())));
+  const double slots = double(r.sms) * per_sm;
+  auto fill = [&](int s) {
+    const double waves = double(blocks) * s / slots;
+    return waves / std::ceil(waves);
+  };
+  // s splits give each ceil(key_blocks / s) blocks; an s that does not change that only adds blocks
+  auto distinct = [&](int s) { return s == 1 || ceil_div(key_blocks, s) != ceil_div(key_blocks, s - 1); };
+  const int last = std::max(1, std::min(most, key_blocks / 2));
+  double best = 0.0;
+  for (int s = 1; s <= last; ++s) {
+    if (distinct(s)) { best = std::max(best, fill(s)); }
+  }
+  for (int s = 1; s <= last; ++s) {
+    if (distinct(s) && fill(s) >= 0.85 * best) { return s; }
+  }
+  return 1;
+}
+
+struct FwdPlan {
+  AttnParams p;  // pointers to q, k, v, out, lse and the workspace still to set
+  size_t o_accum, lse_accum, bytes;
+};
+
+FwdPlan plan_fwd(fa_fwd_params const& prm, Resolved const& r) {
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  FwdPlan w{};
+  fill_problem(prm.problem, w.p);
+  w.p.q = ref(prm.q);
+  w.p.k = ref(prm.k);
+  w.p.v = ref(prm.v);
+  w.p.out = ref(prm.out);
+  fold_query_heads(w.p);
+  w.p.num_splits = choose_splits(w.p, prm.num_splits, r);
+  if (w.p.num_splits > 1) {
+    w.p.lse_rows = int64_t(w.p.batch) * w.p.nheads * w.p.seqlen_q;
+    const size_t rows = size_t(w.p.num_splits) * w.p.lse_rows;
+    w.o_accum = 0;
+    w.lse_accum = align(rows * r.bucket * sizeof(float));
+    w.bytes = w.lse_accum + align(rows * sizeof(float));
+  }
+  return w;
+}
+
 struct BwdWorkspace {
   size_t dsum, dq_accum, dq_locks, dk_accum, dv_accum, bytes;
   size_t zeroed_end;  // [dq_accum, zeroed_end) is zeroed before the main kernel: the sum and the counters
@@ -225,7 +325,9 @@ extern "C" const char* fa_last_error(void) { return g_last_error.c_str(); }
 
 extern "C" int fa_fwd_workspace_size(const fa_fwd_params* prm, size_t* bytes) {
   if (int s = check_header(prm)) { return s; }
-  *bytes = 0;  // no split-KV: the forward needs no scratch
+  Resolved r{};
+  if (int s = resolve(prm->problem, /*backward=*/false, r)) { return s; }
+  *bytes = plan_fwd(*prm, r).bytes;  // 0 unless the keys are split
   return FA_OK;
 }
 
@@ -240,14 +342,16 @@ extern "C" int fa_fwd(const fa_fwd_params* prm) {
     return fail(FA_ERR_UNSUPPORTED, "the cuda backend needs 16-byte aligned pointers and strides that are multiples of 8");
   }
   if (pr.batch == 0 || pr.seqlen_q == 0 || pr.nheads == 0) { return FA_OK; }
-  AttnParams p{};
-  fill_problem(pr, p);
-  p.q = ref(prm->q);
-  p.k = ref(prm->k);
-  p.v = ref(prm->v);
-  p.out = ref(prm->out);
-  p.lse = prm->lse;
-  return launched(r.entry->fwd(p, r.row, static_cast<cudaStream_t>(pr.stream)));
+  FwdPlan w = plan_fwd(*prm, r);
+  if (w.bytes > 0 && !prm->workspace) {
+    return fail(FA_ERR_INVALID_ARGUMENT, "this forward splits the keys over " + std::to_string(w.p.num_splits) +
+                                             " blocks and needs fa_fwd_workspace_size() bytes of workspace; workspace is NULL");
+  }
+  w.p.lse = prm->lse;
+  char* ws = static_cast<char*>(prm->workspace);
+  w.p.o_accum = w.bytes ? reinterpret_cast<float*>(ws + w.o_accum) : nullptr;
+  w.p.lse_accum = w.bytes ? reinterpret_cast<float*>(ws + w.lse_accum) : nullptr;
+  return launched(r.entry->fwd(w.p, r.row, static_cast<cudaStream_t>(pr.stream)));
 }
 
 extern "C" int fa_bwd_workspace_size(const fa_bwd_params* prm, size_t* bytes) {

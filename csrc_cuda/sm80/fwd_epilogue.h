@@ -1,6 +1,6 @@
 // Epilogues: an accumulator as 16-bit pairs into a shared tile (the forward's O, the backward's
-// dK and dV), which then leaves in 16-byte row chunks (tile_io.h store_tile); one lane per quad
-// writes each row's logsumexp.
+// dK and dV), which then leaves in 16-byte row chunks (tile_io.h store_tile), or as fp32 pairs
+// straight to global memory (split-KV partials); one lane per quad writes each row's logsumexp.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -19,6 +19,19 @@ __device__ __forceinline__ void stage_rows(Acc const& acc, Coord const& tOcO, Sm
   for (int i = 0; i < size(acc) / 2; ++i) {
     *reinterpret_cast<uint32_t*>(&s(get<0>(tOcO(2 * i)), get<1>(tOcO(2 * i)))) =
         pack_pair<Element>(acc(2 * i), acc(2 * i + 1), rtz);
+  }
+}
+
+// acc as fp32 rows of kCols values from base (the split-KV forward's partial O); rows from
+// max_rows on are not written. A thread's value pairs are neighbouring columns of one row.
+template <int kCols, class Acc, class Coord>
+__device__ __forceinline__ void store_rows_fp32(Acc const& acc, Coord const& tOcO, float* base, int max_rows) {
+#pragma unroll
+  for (int i = 0; i < size(acc) / 2; ++i) {
+    const int row = get<0>(tOcO(2 * i)), col = get<1>(tOcO(2 * i));
+    if (row < max_rows) {
+      *reinterpret_cast<float2*>(base + int64_t(row) * kCols + col) = make_float2(acc(2 * i), acc(2 * i + 1));
+    }
   }
 }
 

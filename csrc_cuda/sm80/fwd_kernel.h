@@ -3,7 +3,8 @@
 // With one K/V buffer, V(n) loads during S = Q K^T and K(n-1) during O += P V; with two, K(n-1)
 // and V(n-1) load into the other buffer during the whole step, behind one barrier instead of two.
 // P never leaves registers.
-// kAllFeatures: the full or the plain kernel (common/features.h).
+// kAllFeatures: the full or the plain kernel (common/features.h). kSplit: one of num_splits blocks
+// sharing a query block's key blocks, writing fp32 partial results (sm80/fwd_split.h).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,20 +24,26 @@ namespace fa::sm80 {
 
 using namespace cute;
 
-template <class T, bool kAllFeatures>
+template <class T, bool kAllFeatures, bool kSplit = false>
 __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ const AttnParams p) {
   using Element = typename T::Element;
   const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
   // The last query block first: under a causal mask it sees the most keys, and the blocks launched
   // last, which decide when the grid ends, are then the short ones.
-  const int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int b = kSplit ? blockIdx.z / p.num_splits : blockIdx.z;
 
   const SeqInfo seq(p, b, f.kv_cache);
   if (m_block * kBlockM >= seq.seqlen_q) { return; }
   const Mask mask{seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right};
   int n_min, n_max;
   mask.key_blocks<kBlockM, kBlockN>(m_block, n_min, n_max);
+  if constexpr (kSplit) {  // this block's consecutive share; the last ones may get none
+    const int per = max(0, ceil_div(n_max - n_min, p.num_splits));
+    n_min += int(blockIdx.z % p.num_splits) * per;
+    n_max = min(n_max, n_min + per);
+  }
   const int row0 = m_block * kBlockM;
 
   // Global tiles
@@ -179,6 +186,12 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
 
   float lse[decltype(size<0>(o_rc))::value];
   softmax.finalize(o_rc, mult, f.dropout ? p.rp_dropout : 1.f, lse);
+  if constexpr (kSplit) {
+    const int64_t at = int64_t(blockIdx.z % p.num_splits) * p.lse_rows + seq.lse_offset(p, b, h, p.total_q) + row0;
+    store_rows_fp32<kHeadDim>(acc_o, tOcO, p.o_accum + at * kHeadDim, seq.seqlen_q - row0);
+    store_lse(lse, tOcO, p.lse_accum + at, seq.seqlen_q - row0);
+    return;
+  }
   // O leaves through Q's shared tile: 16-byte row chunks instead of 4-byte pairs per thread
   __syncthreads();  // no warp reads Q any more, and every thread's part of the Q load has landed
   stage_rows<Element>(acc_o, tOcO, sQ, f.rtz);

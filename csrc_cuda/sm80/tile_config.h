@@ -98,6 +98,18 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
   },
 };
 
+// The split-KV forward (decoding and other calls whose grid leaves SMs idle, sm80/fwd_split.h):
+// 64 query rows, since such calls have few (a decoding step's query heads of one key head), and
+// one tile for every architecture row, so it is compiled once: it fits the 99 KB of SM86/SM89.
+constexpr FwdTile kSplitTiles[6] = {
+    { 32, 64, 64, 4, 4, 2},
+    { 64, 64, 64, 4, 4, 2},
+    { 96, 64, 64, 4, 4, 2},
+    {128, 64, 64, 4, 4, 2},  // 80 KB
+    {192, 64, 64, 4, 4, 1},
+    {256, 64, 64, 4, 4, 1},  // 96 KB
+};
+
 constexpr BwdTile kBwdTiles[kNumArchRows][6] = {
   {  // SM80, 163 KB. Warp grids as square as the tile allows: a warp's operand loads grow with
      // its tile's rows + columns, its MMAs with their product (the FlashAttention-2 layouts).
@@ -144,6 +156,7 @@ constexpr FwdTile fwd_tile(ArchRow row, int bucket) {
 constexpr BwdTile bwd_tile(ArchRow row, int bucket) {
   return kBwdTiles[int(row)][bucket_index(bucket)];
 }
+constexpr FwdTile split_tile(int bucket) { return kSplitTiles[bucket_index(bucket)]; }
 
 constexpr bool tables_fit() {
   for (int r = 0; r < kNumArchRows; ++r) {
@@ -152,6 +165,9 @@ constexpr bool tables_fit() {
         return false;
       }
       if (kFwdTiles[r][i].smem_bytes() > kSmemLimit[r] || kBwdTiles[r][i].smem_bytes() > kSmemLimit[r]) {
+        return false;
+      }
+      if (kSplitTiles[i].head_dim != kHeadDimBuckets[i] || kSplitTiles[i].smem_bytes() > kSmemLimit[r]) {
         return false;
       }
     }

@@ -113,6 +113,10 @@ const char* fa_build_info(void);
 // The message of the last failing call on this thread ("" when none).
 const char* fa_last_error(void);
 
+// The forward's scratch (split-KV partial results): a function of the problem's shapes, strides,
+// scalars, flags and num_splits (and which pointers are NULL), not of pointer values or tensor
+// contents, so a caller may ask once per call signature; 0 when cu_seqlens_q is set (no backend
+// splits varlen queries).
 int fa_fwd_workspace_size(const fa_fwd_params* params, size_t* bytes);
 int fa_fwd(const fa_fwd_params* params);
 int fa_bwd_workspace_size(const fa_bwd_params* params, size_t* bytes);

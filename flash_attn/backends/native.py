@@ -111,7 +111,7 @@ def _offsets(cls, *paths: str) -> tuple:
 # The fields that change from call to call, in the order PackedCall takes them: the pointers, and
 # for varlen calls the max sequence lengths and the cu_seqlens pointers. Everything else in a params
 # struct follows from shapes, strides, dtypes, scalars and flags.
-_FWD_POINTERS = _offsets(_FwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "lse")
+_FWD_POINTERS = _offsets(_FwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "lse", "workspace")
 _BWD_POINTERS = _offsets(_BwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr", "out.ptr", "dout.ptr", "lse",
                          "dq.ptr", "dk.ptr", "dv.ptr", "workspace")
 _VARLEN_FIELDS = ("problem.seqlen_q", "problem.seqlen_k", "problem.cu_seqlens_q", "problem.cu_seqlens_k")
@@ -195,9 +195,12 @@ def _problem(q, k, args: AttnArgs, arch: int, stream: int) -> tuple:
         seqlen_k = args.max_seqlen_k if args.cu_seqlens_k is not None else ks[1]
     else:
         batch, seqlen_q, seqlen_k = qs[0], qs[1], ks[1]
+    bt = args.block_table
+    if bt is not None and args.cu_seqlens_k is None:
+        seqlen_k = bt.shape[1] * ks[1]  # the cache's capacity (ks[1] is the page size)
     flags = ((FA_FLAG_RTZ if args.rtz else 0) | (FA_FLAG_DETERMINISTIC if args.deterministic else 0)
              | (FA_FLAG_PERFORMANCE if args.performance else 0))
-    alibi, bt = args.alibi_slopes, args.block_table
+    alibi = args.alibi_slopes
     return (_DTYPE[q.dtype], flags, arch, batch, qs[-2], ks[-2], qs[-1], seqlen_q, seqlen_k,
             _ptr(args.cu_seqlens_q), _ptr(args.cu_seqlens_k), _ptr(args.seqused_k), _ptr(args.leftpad_k),
             _ptr(args.kv_batch_idx), _ptr(bt), 0 if bt is None else bt.stride(0),
@@ -292,14 +295,17 @@ class NativeLibrary:
         """A pointer p meets the library's alignment iff p & pointer_mask == 0."""
         return self._ptr_align - 1
 
-    def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int) -> Optional[PackedCall]:
-        """The forward of this signature as a PackedCall (stream, q, k, v, out, lse pointers; for
-        varlen then max_seqlen_q, max_seqlen_k and the cu_seqlens pointers), or None when it needs
-        what a PackedCall does not carry (padding, copies, a workspace)."""
-        if q.shape[-1] % self._dim_multiple or self._fwd_workspace or not self.strides_fit(q, k, v, out):
+    def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int) -> Optional[tuple]:
+        """(PackedCall, workspace bytes) for the forward of this signature (pointers: stream, q, k,
+        v, out, lse, workspace; for varlen then max_seqlen_q, max_seqlen_k and the cu_seqlens
+        pointers), or None when it needs what a PackedCall does not carry (padding, copies). By the
+        ABI the workspace (split-KV partials) follows from the signature, so it is asked once here."""
+        if q.shape[-1] % self._dim_multiple or not self.strides_fit(q, k, v, out):
             return None
-        return PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0),
-                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None), self._check, "forward")
+        call = PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0),
+                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None), self._check, "forward",
+                          self._lib.fa_fwd_workspace_size)
+        return call, call.workspace_size() if self._fwd_workspace else 0
 
     def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,
                         arch: int) -> Optional[tuple]:
@@ -314,6 +320,13 @@ class NativeLibrary:
                           _slots(_BwdParams, _BWD_POINTERS, varlen), self._check, "backward",
                           self._lib.fa_bwd_workspace_size)
         return call, None if varlen else call.workspace_size()
+
+    def forward_workspace_size(self, q, k, v, args: AttnArgs, out, lse, arch: int = 0) -> int:
+        """Bytes of scratch this call's forward needs (split-KV partial results; 0 unsplit)."""
+        fwd, fwd_addr, _, _, size, size_addr = self._buffers()
+        _FWD.pack_into(fwd, 0, *_fwd_values(q, k, v, args, out, lse, arch, 0))
+        self._check(self._lib.fa_fwd_workspace_size(fwd_addr, size_addr), "forward workspace query")
+        return size.value
 
     def forward(self, q, k, v, args: AttnArgs, out, lse, arch: int = 0) -> None:
         if elsewhere(q.device):

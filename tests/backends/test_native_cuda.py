@@ -300,6 +300,88 @@ def test_varlen_paged():
     check("lse", lse, l64, lb, 2, "varlen paged")
 
 
+# ---------------------------------------------------------------------------------------------
+# Decoding: one query per sequence with grouped heads runs the group's heads as one block's rows
+# (abi_glue.cu fold_query_heads), and grids that leave SMs idle split the keys (sm80/fwd_split.h).
+def _split_workspace(q, k, v, args) -> int:
+    lse = torch.empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32, device=DEV)
+    return LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse)
+
+
+@pytest.mark.parametrize("num_splits", [0, 3, 1000], ids=["auto", "3", "clamped"])
+@pytest.mark.parametrize("d", [40, 64, 128, 256])
+def test_split_kv_decode(d, num_splits):
+    """A decoding step over 3000 keys, 8 query heads on 2 key heads: split (workspace > 0 proves
+    the split kernels run), causal, against the oracle; the same call twice is bitwise equal."""
+    _need(d, torch.bfloat16)
+    q, k, v = qkv(2, 1, 3000, 8, 2, d, torch.bfloat16)
+    args = AttnArgs(softmax_scale=d ** -0.5, window_right=0, num_splits=num_splits)
+    assert _split_workspace(q, k, v, args) > 0
+    out, lse = compare(q, k, v, args, backward=False, case=f"split d{d} num_splits={num_splits}")
+    again, lse_again = run_fwd(q, k, v, args)
+    assert torch.equal(out, again) and torch.equal(lse, lse_again)
+
+
+@pytest.mark.parametrize("page", [None, 16, 256], ids=["dense", "page16", "page256"])
+def test_split_kv_cache(page):
+    """Split decoding through the cache addressing, with a sequence that has no key (all of its
+    splits empty: out 0, lse +inf), one with a single key, leftpad and softcap."""
+    _need(128, torch.float16)
+    q = rand(4, 1, 16, 128, dtype=torch.float16)
+    k, v = rand(4, 2100, 4, 128, dtype=torch.float16), rand(4, 2100, 4, 128, dtype=torch.float16)
+    used = torch.tensor([2100, 0, 1, 1500], dtype=torch.int32, device=DEV)
+    leftpad = torch.tensor([0, 0, 0, 700], dtype=torch.int32, device=DEV)
+    compare_cache(q, k, v, used, page=page, leftpad=leftpad, softmax_scale=0.3, softcap=8.0, window_right=0,
+                  num_splits=6, case=f"split cache {page}")
+    out, lse = run_fwd(q, k, v, AttnArgs(softmax_scale=0.3, seqused_k=used, num_splits=6))
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and bool((lse[1] == float("inf")).all())
+
+
+@pytest.mark.parametrize("rtz", [False, True])
+def test_split_kv_chunked_prefill(rtz):
+    """37 new queries per sequence over 1000 keys, causal, split 5 ways (the fold does not apply)."""
+    _need(64, torch.bfloat16)
+    q, k, v = qkv(2, 37, 1000, 4, 4, 64, torch.bfloat16)
+    args = AttnArgs(softmax_scale=0.125, window_right=0, num_splits=5, rtz=rtz)
+    assert _split_workspace(q, k, v, args) > 0
+    compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"split prefill rtz={rtz}")
+
+
+FOLD_CASES = {
+    "causal": dict(window_right=0),
+    "plain": dict(),
+    "softcap": dict(softcap=4.0),
+    "alibi (not folded)": dict(alibi_slopes="per_head"),
+    "left window (not folded)": dict(window_left=100, window_right=0),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLD_CASES))
+def test_decode_query_head_fold(case):
+    """One query, 12 heads on 3 key heads, unsplit (num_splits=1): the folded call is the same
+    attention as the unfolded one, and the backward of the folded forward's lse is right."""
+    _need(64, torch.bfloat16)
+    kw = dict(FOLD_CASES[case])
+    if kw.get("alibi_slopes") == "per_head":
+        kw["alibi_slopes"] = torch.rand(12, device=DEV)
+    q, k, v = qkv(3, 1, 500, 12, 3, 64, torch.bfloat16)
+    args = AttnArgs(softmax_scale=0.125, num_splits=1, **kw)
+    assert _split_workspace(q, k, v, args) == 0
+    compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"fold {case}")
+
+
+def test_forward_workspace_is_per_signature():
+    """The ABI's promise the planned call path relies on: no workspace for varlen queries, and a
+    training-sized grid is not split."""
+    _need(64, torch.bfloat16)
+    q, k, v, cu_q, cu_k = _varlen([1, 1], [3000, 2000], 8, 2, 64, torch.bfloat16)
+    lse = torch.empty(8, 2, dtype=torch.float32, device=DEV)
+    args = AttnArgs(softmax_scale=0.125, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1, max_seqlen_k=3000)
+    assert LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse) == 0
+    q, k, v = qkv(8, 2048, 2048, 16, 16, 64, torch.bfloat16)
+    assert _split_workspace(q, k, v, AttnArgs(softmax_scale=0.125)) == 0
+
+
 def test_fully_masked_rows():
     """Rows that see no key output exactly 0, lse = +inf, and get zero gradients."""
     _need(64, torch.float16, bwd=True)
@@ -396,4 +478,4 @@ def test_build_info():
     assert INFO["backend"] == "cuda"
     assert set(INFO["directions"]) <= {"fwd", "bwd"} and INFO["directions"]
     assert all(d in (32, 64, 96, 128, 192, 256) for d in BUCKETS)
-    assert {"paged_kv", "leftpad", "kv_batch_idx"} <= set(INFO["features"]) and "split_kv" not in INFO["features"]
+    assert {"paged_kv", "leftpad", "kv_batch_idx", "split_kv"} <= set(INFO["features"])

@@ -31,7 +31,7 @@ static unsigned char last[2][4096];
 int fa_abi_version(void) { return %d; }
 const char* fa_build_info(void) { return %s; }
 const char* fa_last_error(void) { return getenv("FA_STUB_FAIL") ? "the stub was told to fail" : ""; }
-int fa_fwd_workspace_size(const void* p, size_t* b) { *b = 0; return 0; }
+int fa_fwd_workspace_size(const void* p, size_t* b) { *b = getenv("FA_STUB_FWD_WS") ? 512 : 0; return 0; }
 int fa_bwd_workspace_size(const void* p, size_t* b) { *b = 4096; return 0; }
 static int keep(int which, const void* p) {
   if (getenv("FA_STUB_FAIL")) { return 7; }
@@ -118,6 +118,21 @@ def test_forward_struct_matches_general_path(stub, kw):
     general = _last(stub, 0)
     assert _without_pointers(fast, native._FWD_POINTERS) == _without_pointers(general, native._FWD_POINTERS)
     assert out.shape == out2.shape and out.stride() == out2.stride()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_forward_workspace_reaches_planned_calls(stub, node, monkeypatch, grad):
+    """A forward that needs scratch (the CUDA library's split-KV partials) gets it on the planned
+    path too, C++ or Python, with or without autograd; one that needs none gets NULL."""
+    for needs in (False, True):
+        if needs:
+            monkeypatch.setenv("FA_STUB_FWD_WS", "1")
+        fastpath.clear()
+        q, k, v = _qkv(grad=grad)
+        for _ in range(2):  # the first call plans, the second is served from the plan
+            flash_attn.flash_attn_func(q, k, v)
+            assert next(iter(fastpath._local.plans.values())), "the call should have been planned"
+            assert (_pointers(_last(stub, 0), native._FWD_POINTERS)[6] != 0) == needs
 
 
 def test_backward_struct_matches_general_path(stub, node):
