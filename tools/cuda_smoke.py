@@ -47,21 +47,21 @@ def one(name, b, sq, sk, h, hk, d, varlen=False, **kw):
     print(f"{name:28s} max|out - fp64| = {R.max_err(out, ref):.2e}", flush=True)
 
 
-def paged(d, num_splits):
+def paged(d, num_splits, sq):
     """Forward only (the KV-cache call has no backward): pages of 5 rows, a shuffled table with pages
     past the used ones left out of it, and a left pad, so a wrong page or row would read outside."""
     torch.manual_seed(0)
-    q = torch.randn(2, 3, 4, d, device=dev).to(torch.bfloat16)
+    q = torch.randn(2, sq, 4, d, device=dev).to(torch.bfloat16)
     pages = torch.randn(2 * 20 + 1, 5, 2, d, device=dev).to(torch.bfloat16)
     table = torch.randperm(2 * 20, device=dev).view(2, 20).to(torch.int32)
     used = torch.tensor([100, 37], dtype=torch.int32, device=dev)
     leftpad = torch.tensor([0, 11], dtype=torch.int32, device=dev)
     args = A(softmax_scale=d ** -0.5, window_right=0, block_table=table, seqused_k=used, leftpad_k=leftpad,
              num_splits=num_splits)
-    out, lse = torch.empty_like(q), torch.empty(2, 4, 3, device=dev)
+    out, lse = torch.empty_like(q), torch.empty(2, 4, sq, device=dev)
     lib.forward(q, pages, pages, args, out, lse)
     torch.cuda.synchronize()
-    print(f"{f'd{d} paged leftpad {num_splits} split':28s} finite: {bool(out.isfinite().all())}", flush=True)
+    print(f"{f'd{d} paged leftpad sq{sq} {num_splits} split':28s} finite: {bool(out.isfinite().all())}", flush=True)
 
 
 def main():
@@ -72,8 +72,8 @@ def main():
     one(f"d{d} varlen dropout det", 2, 70, 70, 2, 2, d, varlen=True, dropout_p=0.2, deterministic=True)
     one(f"d{d} window softcap", 1, 130, 64, 2, 1, d, window_left=9, window_right=4, softcap=2.0)
     one(f"d{d} decode, keys split", 2, 1, 700, 8, 2, d, window_right=0, num_splits=5)
-    paged(d, 1)
-    paged(d, 2)
+    paged(d, 1, 70)  # the full kernel
+    paged(d, 2, 3)  # the split kernels
 
 
 if __name__ == "__main__":

@@ -55,9 +55,10 @@ struct AttnParams {
 
   bool rtz;  // fp32 -> 16-bit conversions round toward zero
 
-  // Split-KV forward (sm80/fwd_split.h), num_splits >= 2: each query block's key blocks are dealt
-  // to num_splits blocks, which write their normalised fp32 O and lse to o_accum / lse_accum
-  // (split-major, rows indexed as lse); a combine kernel merges them into out and lse.
+  // Split-KV forward (sm80/fwd_split.h), num_splits >= 1 (0: the unsplit kernels): each query
+  // block's key blocks are dealt to num_splits blocks, which write their normalised fp32 O and lse
+  // to o_accum / lse_accum (split-major, rows indexed as lse); a combine kernel merges them into
+  // out and lse.
   int num_splits;
   float* o_accum;    // (num_splits, lse_rows, head-dim bucket)
   float* lse_accum;  // (num_splits, lse_rows)

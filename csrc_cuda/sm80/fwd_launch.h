@@ -1,5 +1,5 @@
 // Host side of the forward: picks the tile of the requested architecture row and launches, or
-// the split-KV kernels when the glue chose num_splits >= 2.
+// the split-KV kernels when the glue chose them (num_splits >= 1).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,7 +30,7 @@ cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
 
 template <int HeadDim, class Element>
 cudaError_t run_fwd(AttnParams const& p, ArchRow row, cudaStream_t stream) {
-  if (p.num_splits > 1) { return launch_fwd_split<HeadDim, Element>(p, stream); }
+  if (p.num_splits > 0) { return launch_fwd_split<HeadDim, Element>(p, stream); }
   switch (row) {
     case ArchRow::kSm80: return launch_fwd<ArchRow::kSm80, HeadDim, Element>(p, stream);
     case ArchRow::kSm86: return launch_fwd<ArchRow::kSm86, HeadDim, Element>(p, stream);

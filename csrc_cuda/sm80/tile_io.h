@@ -53,19 +53,27 @@ __device__ __forceinline__ void load_tile(TiledCopy const&, TensorG const& src, 
 // load_tile for a K or V block of a paged cache: key key0 + r of the sequence (r the tile row) is
 // row (key0 + r) % page_size of page table[(key0 + r) / page_size]; t's batch_stride steps pages
 // and head_offset selects the head. Rows from max_rows on and columns from max_cols on are
-// zero-filled, as in load_tile.
+// zero-filled, as in load_tile. Every row's table entry is read before the first copy: the copies'
+// memory clobber keeps the compiler from moving a later row's table load above them, so
+// interleaved, each row would wait for its own table load in turn (paged decoding ran at half the
+// dense cache's speed that way).
 template <class TensorS, class TensorC>
 __device__ __forceinline__ void load_paged(TensorS&& dst, TensorC const& coord, TensorRef const& t, int64_t head_offset,
                                            const int32_t* table, int page_size, int key0, int max_rows, int max_cols) {
   using Element = typename std::decay_t<TensorS>::value_type;
+  constexpr int kRows = decltype(size<1>(dst))::value;
+  int64_t offset[kRows];
 #pragma unroll
-  for (int m = 0; m < size<1>(dst); ++m) {
+  for (int m = 0; m < kRows; ++m) {
     const int r = get<0>(coord(0, m, 0));
-    const bool row_ok = r < max_rows;
     const int key = key0 + r;
-    const int64_t page = row_ok ? table[key / page_size] : 0;
-    const Element* row = static_cast<const Element*>(t.ptr) + head_offset + page * t.batch_stride +
-                         int64_t(key % page_size) * t.row_stride;
+    const int64_t page = r < max_rows ? table[key / page_size] : 0;
+    offset[m] = head_offset + page * t.batch_stride + int64_t(key % page_size) * t.row_stride;
+  }
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) {
+    const bool row_ok = get<0>(coord(0, m, 0)) < max_rows;
+    const Element* row = static_cast<const Element*>(t.ptr) + offset[m];
 #pragma unroll
     for (int k = 0; k < size<2>(dst); ++k) {
       const int col = get<1>(coord(0, m, k));

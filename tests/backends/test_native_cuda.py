@@ -243,38 +243,43 @@ def compare_cache(q, k_logical, v_logical, used, *, page=None, batch_idx=None, l
     check("lse", lse, l64, lb, 2, case)
 
 
+@pytest.mark.parametrize("sq", [7, 100], ids=["split_kernels", "full_kernel"])
 @pytest.mark.parametrize("page", [16, 5, 128, 256])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
-def test_paged_kv(causal, d, page):
+def test_paged_kv(causal, d, page, sq):
+    """7 queries per sequence run the split kernels (sm80/fwd_split.h), 100 with num_splits=1 the
+    full kernel; so do the cache tests below."""
     _need(d, torch.bfloat16)
-    q = rand(3, 7, 4, d)
+    q = rand(3, sq, 4, d)
     k, v = rand(3, 700, 2, d), rand(3, 700, 2, d)
     used = torch.tensor([700, 1, 333], dtype=torch.int32, device=DEV)
     compare_cache(q, k, v, used, page=page, softmax_scale=d ** -0.5, window_right=0 if causal else -1,
-                  case=f"paged page={page} d{d} causal={causal}")
+                  num_splits=0 if sq <= 64 else 1, case=f"paged page={page} d{d} causal={causal} sq={sq}")
 
 
+@pytest.mark.parametrize("sq", [5, 80], ids=["split_kernels", "full_kernel"])
 @pytest.mark.parametrize("page", [None, 16], ids=["dense", "page16"])
-def test_leftpad_k(page):
+def test_leftpad_k(page, sq):
     _need(64, torch.float16)
-    q = rand(3, 5, 4, 64, dtype=torch.float16)
+    q = rand(3, sq, 4, 64, dtype=torch.float16)
     k, v = rand(3, 300, 4, 64, dtype=torch.float16), rand(3, 300, 4, 64, dtype=torch.float16)
     used = torch.tensor([300, 90, 171], dtype=torch.int32, device=DEV)
     leftpad = torch.tensor([0, 89, 40], dtype=torch.int32, device=DEV)
     compare_cache(q, k, v, used, page=page, leftpad=leftpad, softmax_scale=0.125, window_right=0,
-                  case=f"leftpad {page}")
+                  num_splits=0 if sq <= 64 else 1, case=f"leftpad {page} sq={sq}")
 
 
 def test_kv_batch_idx_with_features():
     """Cache rows picked per sequence, with the full kernel's other features on top."""
     _need(64, torch.bfloat16)
-    q = rand(3, 9, 4, 64)
     k, v = rand(5, 257, 1, 64), rand(5, 257, 1, 64)
     used = torch.tensor([257, 30, 128], dtype=torch.int32, device=DEV)
     rows = torch.tensor([4, 0, 2], dtype=torch.int32, device=DEV)
-    compare_cache(q, k, v, used, batch_idx=rows, softmax_scale=0.3, softcap=5.0, window_left=60, window_right=0,
-                  alibi_slopes=torch.rand(4, device=DEV), case="kv_batch_idx")
+    for sq, splits in ((9, 0), (70, 1)):  # the split kernels, the full kernel
+        compare_cache(rand(3, sq, 4, 64), k, v, used, batch_idx=rows, softmax_scale=0.3, softcap=5.0, window_left=60,
+                      window_right=0, alibi_slopes=torch.rand(4, device=DEV), num_splits=splits,
+                      case=f"kv_batch_idx sq={sq}")
 
 
 def test_varlen_paged():
@@ -358,15 +363,16 @@ FOLD_CASES = {
 
 @pytest.mark.parametrize("case", list(FOLD_CASES))
 def test_decode_query_head_fold(case):
-    """One query, 12 heads on 3 key heads, unsplit (num_splits=1): the folded call is the same
-    attention as the unfolded one, and the backward of the folded forward's lse is right."""
+    """One query, 12 heads on 3 key heads, unsplit (num_splits=1; the plain kernel, or with softcap
+    or ALiBi the split kernels with one split): the folded call is the same attention as the
+    unfolded one, and the backward of the folded forward's lse is right."""
     _need(64, torch.bfloat16)
     kw = dict(FOLD_CASES[case])
     if kw.get("alibi_slopes") == "per_head":
         kw["alibi_slopes"] = torch.rand(12, device=DEV)
     q, k, v = qkv(3, 1, 500, 12, 3, 64, torch.bfloat16)
     args = AttnArgs(softmax_scale=0.125, num_splits=1, **kw)
-    assert _split_workspace(q, k, v, args) == 0
+    assert (_split_workspace(q, k, v, args) > 0) == (case in ("softcap", "alibi (not folded)"))
     compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"fold {case}")
 
 
