@@ -328,4 +328,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("register_call", &register_call, "caches run()'s plan (None: not planned) for this call's signature");
   m.def("clear_calls", [] { t_calls.clear(); }, "forgets this thread's cached calls");
   m.attr("torch_version") = FA_TORCH_VERSION;
+  // make_plan's arguments, as backends/autograd_node.py PLAN_VERSION (2: the forward's workspace)
+  m.attr("plan_version") = 2;
 }

@@ -23,6 +23,7 @@ from ..dispatch import flags as flagmod
 
 MODULE = "flash_attn_autograd"
 DISABLE = "FLASH_ATTENTION_AUTOGRAD_NODE"
+PLAN_VERSION = 2  # make_plan's arguments (the module's plan_version); 2: the forward's workspace
 _state: Optional[tuple] = None  # (module or None, why not)
 
 
@@ -67,6 +68,8 @@ def _load():
         return None, f"{p.name} does not load ({e}): rebuild it with python csrc_torch/build.py"
     if module.torch_version != torch.__version__:
         return None, f"{p.name} was built for torch {module.torch_version}, this is {torch.__version__}: rebuild it"
+    if getattr(module, "plan_version", 1) != PLAN_VERSION:
+        return None, f"{p.name} was built from an older flash_attn: rebuild it with python csrc_torch/build.py"
     module.configure(list(flagmod.ALL))  # a cached call's key includes these flags' raw values
     # The main thread's cached calls hold tensors: release them while torch can still free them.
     atexit.register(module.clear_calls)

@@ -44,6 +44,16 @@ def test_a_broken_module_says_rebuild(fresh, monkeypatch, tmp_path):
     assert module is None and "does not load" in why and "rebuild" in why
 
 
+def test_a_module_of_an_older_plan_version_says_rebuild(fresh, monkeypatch):
+    built, _ = autograd_node.load()
+    if built is None:
+        pytest.skip("the C++ autograd node is not built")
+    autograd_node._state = None
+    monkeypatch.setattr(autograd_node, "PLAN_VERSION", autograd_node.PLAN_VERSION + 1)
+    module, why = autograd_node.load()
+    assert module is None and "older flash_attn" in why and "python csrc_torch/build.py" in why
+
+
 def test_it_can_be_turned_off(fresh, monkeypatch):
     monkeypatch.setenv(autograd_node.DISABLE, "0")
     assert autograd_node.load() == (None, f"{autograd_node.DISABLE}=0")
