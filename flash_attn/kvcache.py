@@ -7,12 +7,15 @@ nheads_k, headdim) through block_table with any page size.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Union
 
 import torch
 
 from . import _validate as V
 from . import ops
+from .backends import native, registry
+from .dispatch import flags as flagmod
 from .layers.rotary import apply_rotary_emb
 
 
@@ -71,6 +74,24 @@ def _check_rotary(cos, sin, k, capacity: int) -> None:
                f"seqlen_ro must be at least the cache's seqlen.")
 
 
+def _append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table) -> None:
+    """Writes the new tokens k, v at positions cache_seqlens + i of their sequences' caches."""
+    batch = k.shape[0]
+    rows = torch.arange(batch, device=k.device) if cache_batch_idx is None else cache_batch_idx.long()
+    index = _cache_positions(k_cache, block_table, rows, cache_seqlens, k.shape[1])
+    k_cache[index] = k
+    v_cache[index] = v
+
+
+def _seqlens(cache_seqlens, batch: int, capacity: int, s_new: int, device) -> torch.Tensor:
+    """cache_seqlens as an int32 tensor (batch,): None means the cache is full after the new tokens."""
+    if cache_seqlens is None:
+        cache_seqlens = capacity - s_new
+    if isinstance(cache_seqlens, int):
+        return torch.full((batch,), cache_seqlens, dtype=torch.int32, device=device)
+    return cache_seqlens
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens: Optional[Union[int, torch.Tensor]] = None,
                             cache_batch_idx: Optional[torch.Tensor] = None,
@@ -83,14 +104,20 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     when return_softmax_lse. Rotary (rotary_cos/sin: (seqlen_ro, rotary_dim / 2)) rotates k at
     positions cache_seqlens + i, and q at the same positions when causal/local, else at
     cache_seqlens for every query."""
+    key = None
+    if rotary_cos is None and rotary_sin is None and alibi_slopes is None:
+        key = _plan_key(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+                        softmax_scale, causal, window_size, softcap, num_splits)
+        plan = _plans().get(key) if key is not None else None
+        result = plan(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table) \
+            if plan else None
+        if result is not None:
+            return result if return_softmax_lse else result[0]
     _check(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     batch, s_new = q.shape[0], 0 if k is None else k.shape[1]
     capacity = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
     _check_rotary(rotary_cos, rotary_sin, k, capacity)
-    if cache_seqlens is None:
-        cache_seqlens = capacity - s_new
-    if isinstance(cache_seqlens, int):
-        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    cache_seqlens = _seqlens(cache_seqlens, batch, capacity, s_new, q.device)
     scale = V.scalars(0.0, softcap, softmax_scale, q.shape[-1])
     left, right = V.window(window_size, causal)
     V.check_alibi(alibi_slopes, batch, q.shape[-2], q.device)
@@ -102,12 +129,104 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                              rotary_interleaved, seqlen_offsets=cache_seqlens).reshape(q.shape)
         k = apply_rotary_emb(k, rotary_cos, rotary_sin, rotary_interleaved, seqlen_offsets=cache_seqlens)
     if k is not None:
-        rows = (torch.arange(batch, device=q.device) if cache_batch_idx is None else cache_batch_idx.long())
-        index = _cache_positions(k_cache, block_table, rows, cache_seqlens, s_new)
-        k_cache[index] = k
-        v_cache[index] = v
+        _append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
     seqused_k = (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)  # no add kernel to decode
-    out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k,
-                             cache_leftpad, cache_batch_idx, block_table, 0, 0, scale, left, right,
-                             float(softcap), 0.0, False, int(num_splits), False)
+    args = (scale, left, right, float(softcap), int(num_splits))
+    out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k, cache_leftpad,
+                                cache_batch_idx, block_table, 0, 0, *args[:4], 0.0, False, args[4], False)
+    if key is not None:  # the call was valid: later calls of its signature skip the checks and the choice
+        _plans()[key] = _make_plan(q, k_cache, v_cache, seqused_k, cache_leftpad, cache_batch_idx, block_table,
+                                   capacity, args) or False
     return (out, lse) if return_softmax_lse else out
+
+
+# ---------------------------------------------------------------------------------------------
+# The planned path (as fastpath.py's for flash_attn_func): host time matters most when decoding,
+# one token per call. The first valid call of a signature (shapes, strides, dtypes, devices, which
+# cache tensors it passes, the scalars, the flags) keeps its backend choice and packed params
+# struct; later calls append the new tokens, allocate the outputs and set the pointers. Calls
+# with rotary embedding, ALiBi, autograd or tensors on another GPU take the general path.
+_MAX_PLANS = 512
+_local = threading.local()
+
+
+def _plans() -> dict:
+    plans = getattr(_local, "plans", None)
+    if plans is None:
+        plans = _local.plans = {}
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
+    return plans
+
+
+_UNPLANNABLE = object()
+_SCALAR_TYPES = (float, int, bool, tuple, type(None))
+
+
+def _meta(t):
+    if t is None:
+        return None
+    if type(t) is torch.Tensor:
+        return (t.shape, t.stride(), t.dtype, t.device)
+    return int if type(t) is int else _UNPLANNABLE  # an int cache_seqlens' value changes per call
+
+
+def _plan_key(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
+              softmax_scale, causal, window_size, softcap, num_splits):
+    if (torch.compiler.is_compiling() or type(q) is not torch.Tensor or native.elsewhere(q.device)
+            or (torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad))
+            or type(softmax_scale) not in _SCALAR_TYPES or type(causal) not in _SCALAR_TYPES
+            or type(window_size) is not tuple or type(softcap) not in _SCALAR_TYPES
+            or type(num_splits) is not int):
+        return None
+    tensors = (_meta(q), _meta(k_cache), _meta(v_cache), _meta(k), _meta(v), _meta(cache_seqlens),
+               _meta(cache_batch_idx), _meta(cache_leftpad), _meta(block_table))
+    if _UNPLANNABLE in tensors:
+        return None
+    return (tensors, softmax_scale, causal, window_size, softcap, num_splits, flagmod.read(),
+            torch.are_deterministic_algorithms_enabled())
+
+
+class _Plan:
+    def __init__(self, call, ws_bytes, lse_shape, mask, device, capacity):
+        self.call, self.ws_bytes, self.lse_shape, self.mask = call, ws_bytes, lse_shape, mask
+        self.device, self.capacity = device, capacity
+
+    def __call__(self, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table):
+        """(out, lse), or None where a pointer misses the library's alignment (the general path copies)."""
+        if (q.data_ptr() | k_cache.data_ptr() | v_cache.data_ptr()) & self.mask:
+            return None
+        s_new = 0 if k is None else k.shape[1]
+        cache_seqlens = _seqlens(cache_seqlens, q.shape[0], self.capacity, s_new, self.device)
+        if k is not None:
+            _append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
+        seqused_k = (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)
+        out = torch.empty_like(q)
+        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
+        ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
+        self.call(native._stream(self.device), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
+                  lse.data_ptr(), 0 if ws is None else ws.data_ptr(), seqused_k.data_ptr(), _ptr(cache_leftpad),
+                  _ptr(cache_batch_idx), _ptr(block_table))
+        return out, lse
+
+
+def _make_plan(q, k_cache, v_cache, seqused_k, cache_leftpad, cache_batch_idx, block_table, capacity, scalars):
+    scale, left, right, softcap, num_splits = scalars
+    args, flags = ops._args(scale, left, right, softcap, None, 0.0, 0, 0, None, None, 0, 0, seqused_k, cache_leftpad,
+                            cache_batch_idx, block_table, num_splits)
+    impl, choice = registry.choose(registry.request("fwd", q, k_cache, args, v=v_cache), q.device, flags)
+    if not isinstance(impl, registry.NativeBackend):
+        return None
+    lib = registry.native_library(impl.library)
+    if (q.data_ptr() | k_cache.data_ptr() | v_cache.data_ptr()) & lib.pointer_mask:
+        return None
+    lse_shape = ops._lse_shape(q, None)
+    out, lse = torch.empty_like(q), torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    packed = lib.packed_forward(q, k_cache, v_cache, args, out, lse, choice.target.sm, cache=True)
+    if packed is None:
+        return None
+    return _Plan(packed[0], packed[1], lse_shape, lib.pointer_mask, q.device, capacity)
+
+
+def _ptr(t) -> int:
+    return 0 if t is None else t.data_ptr()

@@ -116,12 +116,16 @@ _BWD_POINTERS = _offsets(_BwdParams, "problem.stream", "q.ptr", "k.ptr", "v.ptr"
                          "dq.ptr", "dk.ptr", "dv.ptr", "workspace")
 _VARLEN_FIELDS = ("problem.seqlen_q", "problem.seqlen_k", "problem.cu_seqlens_q", "problem.cu_seqlens_k")
 _VARLEN_TYPES = (ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64)
+# A KV-cache call's per-call tensors (NULL where the signature has none)
+_CACHE_FIELDS = ("problem.seqused_k", "problem.leftpad_k", "problem.kv_batch_idx", "problem.block_table")
 
 
-def _slots(cls, pointer_offsets: tuple, varlen: bool) -> tuple:
+def _slots(cls, pointer_offsets: tuple, varlen: bool, cache: bool = False) -> tuple:
     slots = tuple((off, ctypes.c_uint64) for off in pointer_offsets)
     if varlen:
         slots += tuple(zip(_offsets(cls, *_VARLEN_FIELDS), _VARLEN_TYPES))
+    if cache:
+        slots += tuple((off, ctypes.c_uint64) for off in _offsets(cls, *_CACHE_FIELDS))
     return slots
 
 
@@ -295,16 +299,17 @@ class NativeLibrary:
         """A pointer p meets the library's alignment iff p & pointer_mask == 0."""
         return self._ptr_align - 1
 
-    def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int) -> Optional[tuple]:
+    def packed_forward(self, q, k, v, args: AttnArgs, out, lse, arch: int, cache: bool = False) -> Optional[tuple]:
         """(PackedCall, workspace bytes) for the forward of this signature (pointers: stream, q, k,
         v, out, lse, workspace; for varlen then max_seqlen_q, max_seqlen_k and the cu_seqlens
-        pointers), or None when it needs what a PackedCall does not carry (padding, copies). By the
-        ABI the workspace (split-KV partials) follows from the signature, so it is asked once here."""
+        pointers; with cache then seqused_k, leftpad_k, kv_batch_idx, block_table), or None when
+        it needs what a PackedCall does not carry (padding, copies). By the ABI the workspace
+        (split-KV partials) follows from the signature, so it is asked once here."""
         if q.shape[-1] % self._dim_multiple or not self.strides_fit(q, k, v, out):
             return None
         call = PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0),
-                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None), self._check, "forward",
-                          self._lib.fa_fwd_workspace_size)
+                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None, cache), self._check,
+                          "forward", self._lib.fa_fwd_workspace_size)
         return call, call.workspace_size() if self._fwd_workspace else 0
 
     def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,

@@ -1,4 +1,5 @@
-"""The per-signature fast path (flash_attn/fastpath.py) against the general path, on the CPU: a
+"""The per-signature fast paths (flash_attn/fastpath.py, and flash_attn_with_kvcache's in
+flash_attn/kvcache.py) against the general path, on the CPU: a
 stub library with the C ABI records the params struct of each call, and the dispatcher is told
 the device is an sm90 GPU. A plan must pass the library exactly what the general path passes
 (pointers aside, which are checked against the tensors), and fall back where it does not apply.
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 import flash_attn
-from flash_attn import fastpath, ops
+from flash_attn import fastpath, kvcache, ops
 from flash_attn.backends import native, registry
 from flash_attn.dispatch import hardware
 
@@ -405,3 +406,61 @@ def test_other_threads_plan_their_own_calls(stub, node):
     t.start()
     t.join()
     assert result["fwd"] == here and [g.shape for g in result["grads"]] == [q.shape, k.shape, v.shape]
+
+
+# flash_attn_with_kvcache's planned path (flash_attn/kvcache.py)
+def _cache_call(**kw):
+    b, cap, page = 3, 64, 16
+    q = torch.randn(b, 1, 8, 64, dtype=torch.bfloat16)
+    kc, vc = (torch.randn(b * cap // page, page, 2, 64, dtype=torch.bfloat16) for _ in range(2))
+    table = torch.randperm(b * cap // page).view(b, cap // page).to(torch.int32)
+    lens = torch.tensor([5, 40, 60], dtype=torch.int32)
+    args = dict(cache_seqlens=lens, block_table=table, cache_leftpad=torch.tensor([0, 3, 1], dtype=torch.int32),
+                causal=True, softcap=5.0, num_splits=2)
+    args.update(kw)
+    return q, kc, vc, args
+
+
+def _cache_slots(raw: bytes) -> list:
+    return _pointers(raw, native._offsets(native._FwdParams, *native._CACHE_FIELDS))
+
+
+def test_kvcache_plan_passes_what_the_general_path_passes(stub):
+    q, kc, vc, args = _cache_call()
+    kvcache._local.plans = {}
+    flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)  # the general path; the call is planned
+    general = _last(stub, 0)
+    assert next(iter(kvcache._local.plans.values())), "the call should have been planned"
+    out = flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)
+    fast = _last(stub, 0)
+    slots = native._FWD_POINTERS + native._offsets(native._FwdParams, *native._CACHE_FIELDS)
+    assert _without_pointers(fast, slots) == _without_pointers(general, slots)
+    assert _pointers(fast, native._FWD_POINTERS)[1:5] == [q.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr()]
+    seqused, leftpad, batch_idx, table = _cache_slots(fast)
+    assert seqused != 0 and batch_idx == 0
+    assert (leftpad, table) == (args["cache_leftpad"].data_ptr(), args["block_table"].data_ptr())
+
+
+def test_kvcache_plan_appends_new_tokens(stub):
+    q, kc, vc, args = _cache_call(block_table=None, cache_leftpad=None)
+    kc, vc = torch.zeros(3, 64, 2, 64, dtype=torch.bfloat16), torch.zeros(3, 64, 2, 64, dtype=torch.bfloat16)
+    kvcache._local.plans = {}
+    for step in range(2):  # general path, then planned
+        k, v = torch.randn(3, 1, 2, 64, dtype=torch.bfloat16), torch.randn(3, 1, 2, 64, dtype=torch.bfloat16)
+        lens = args["cache_seqlens"] + step
+        flash_attn.flash_attn_with_kvcache(q, kc, vc, k, v, **{**args, "cache_seqlens": lens})
+        for i in range(3):
+            assert torch.equal(kc[i, int(lens[i])], k[i, 0]) and torch.equal(vc[i, int(lens[i])], v[i, 0])
+    assert next(iter(kvcache._local.plans.values()))
+
+
+def test_kvcache_signatures_the_plan_does_not_cover_take_the_general_path(stub):
+    q, kc, vc, args = _cache_call()
+    kvcache._local.plans = {}
+    flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)
+    with pytest.raises(ValueError, match="cache_leftpad"):  # another dtype: a new signature, checked again
+        flash_attn.flash_attn_with_kvcache(q, kc, vc, **{**args, "cache_leftpad": args["cache_leftpad"].long()})
+    big = torch.empty(q.numel() + 8, dtype=q.dtype)
+    q_off = big[1:1 + q.numel()].view(q.shape).copy_(q)  # misaligned: the general path copies it
+    flash_attn.flash_attn_with_kvcache(q_off, kc, vc, **args)
+    assert _pointers(_last(stub, 0), native._FWD_POINTERS)[1] != q_off.data_ptr()
