@@ -205,10 +205,13 @@ void fold_query_heads(AttnParams& p) {
 
 constexpr int kMaxSplits = 128;
 
-// Split-KV blocks per query block: 1 (the plain grid) unless that grid fills less than 0.8 of the
-// SMs; then the fewest splits whose blocks fill their last wave to within 85 % of the best fill,
-// counting the waves in split blocks resident at once (two per SM: up to 255 registers of 128
-// threads, fewer where shared memory allows fewer). A wave's fill decides a decoding step's time:
+// Split-KV blocks per query block. Calls with more queries than one split tile holds split only
+// where the plain grid fills less than 0.8 of the SMs; calls with fewer (decoding) always weigh
+// the split tile's waves, since the plain tile computes 128 rows for their few (batch 16, 2k keys:
+// 66 us unsplit, 54 with 2 splits; run eh). Among the candidates the fewest splits win whose blocks
+// fill their last wave to within 85 % of the best fill, counting the waves in split blocks
+// resident at once (two per SM: up to 255 registers of 128 threads, fewer where shared memory
+// allows fewer). A wave's fill decides a decoding step's time:
 // on the H100, 8 sequences x 8 key heads over 16k keys took 187 us with 4 splits (256 blocks, one
 // wave) and 274 us with 5 (320: a second wave of 56; benchmarks/results run eb). At least two key
 // blocks per split. Not for varlen q (the planned call path sizes a workspace once per signature;
@@ -224,7 +227,10 @@ int choose_splits(AttnParams const& p, int requested, Resolved const& r) {
   const int most = std::min({kMaxSplits, key_blocks, 65535 / std::max(p.batch, 1)});
   if (requested > 1) { return std::max(1, std::min(requested, most)); }
   const int64_t heads = int64_t(p.batch) * p.nheads;
-  if (heads * ceil_div(p.seqlen_q, sm80::fwd_tile(r.row, r.bucket).block_m) * 5 >= int64_t(r.sms) * 4) { return 1; }
+  if (p.seqlen_q > split.block_m &&
+      heads * ceil_div(p.seqlen_q, sm80::fwd_tile(r.row, r.bucket).block_m) * 5 >= int64_t(r.sms) * 4) {
+    return 1;
+  }
   const int64_t blocks = heads * ceil_div(p.seqlen_q, split.block_m);
   const int per_sm = std::max(1, std::min(2, r.smem_per_sm / int(split.smem_bytes())));
   const double slots = double(r.sms) * per_sm;
