@@ -232,7 +232,8 @@ def _attach_node(plan: _Plan, lib) -> None:
     plan.node = module.make_plan(
         lib.name, lib.last_error_address, plan.fwd.fn_address, plan.fwd.params, list(native._FWD_POINTERS),
         0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
-        plan.fwd_ws_bytes, plan.ws_bytes, list(plan.lse_shape), plan.mask, functools.partial(_general_backward, plan.general_args))
+        plan.fwd_ws_bytes, plan.ws_bytes, list(plan.lse_shape), plan.mask,
+        functools.partial(_general_backward, plan.general_args))
 
 
 def _general_backward(general_args, dout, q, k, v, out, lse):

@@ -92,6 +92,11 @@ def _seqlens(cache_seqlens, batch: int, capacity: int, s_new: int, device) -> to
     return cache_seqlens
 
 
+def _seqused(cache_seqlens: torch.Tensor, s_new: int) -> torch.Tensor:
+    """Keys per sequence after the new tokens, int32 (no add kernel when decoding reads only)."""
+    return (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens: Optional[Union[int, torch.Tensor]] = None,
                             cache_batch_idx: Optional[torch.Tensor] = None,
@@ -130,7 +135,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         k = apply_rotary_emb(k, rotary_cos, rotary_sin, rotary_interleaved, seqlen_offsets=cache_seqlens)
     if k is not None:
         _append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
-    seqused_k = (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)  # no add kernel to decode
+    seqused_k = _seqused(cache_seqlens, s_new)
     args = (scale, left, right, float(softcap), int(num_splits))
     out, lse, _ = ops.attention(q, k_cache, v_cache, alibi_slopes, None, None, seqused_k, cache_leftpad,
                                 cache_batch_idx, block_table, 0, 0, *args[:4], 0.0, False, args[4], False)
@@ -200,13 +205,13 @@ class _Plan:
         cache_seqlens = _seqlens(cache_seqlens, q.shape[0], self.capacity, s_new, self.device)
         if k is not None:
             _append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
-        seqused_k = (cache_seqlens + s_new if s_new else cache_seqlens).to(torch.int32)
+        seqused_k = _seqused(cache_seqlens, s_new)
         out = torch.empty_like(q)
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
         ws = torch.empty(self.ws_bytes, dtype=torch.uint8, device=self.device) if self.ws_bytes else None
         self.call(native._stream(self.device), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
-                  lse.data_ptr(), 0 if ws is None else ws.data_ptr(), seqused_k.data_ptr(), _ptr(cache_leftpad),
-                  _ptr(cache_batch_idx), _ptr(block_table))
+                  lse.data_ptr(), 0 if ws is None else ws.data_ptr(), seqused_k.data_ptr(), native._ptr(cache_leftpad),
+                  native._ptr(cache_batch_idx), native._ptr(block_table))
         return out, lse
 
 
@@ -226,7 +231,3 @@ def _make_plan(q, k_cache, v_cache, seqused_k, cache_leftpad, cache_batch_idx, b
     if packed is None:
         return None
     return _Plan(packed[0], packed[1], lse_shape, lib.pointer_mask, q.device, capacity)
-
-
-def _ptr(t) -> int:
-    return 0 if t is None else t.data_ptr()
