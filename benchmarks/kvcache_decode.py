@@ -1,8 +1,9 @@
 """One decoding step over a KV cache: flash_attn_with_kvcache with a dense cache (at each num_splits
 of --splits; 0 lets the library choose) and a paged one, flash_attn_func over the whole cache (how
 transformers' flash_attention_2 decodes), the reference backend on the paged cache (what a paged
-call ran before the CUDA kernels read pages), and SDPA over the same dense keys (GQA, every
-sequence at full length, so no mask).
+call ran before the CUDA kernels read pages), flash_attn_varlen_func with one query per sequence
+over the packed keys (how it decodes a batch with a padding mask), and SDPA over the same dense
+keys (GQA, every sequence at full length, so no mask).
 
     python benchmarks/kvcache_decode.py [--cache 1024,4096,16384] [--batch 8] [--pages 16,256] [--splits 0,1]
 
@@ -93,8 +94,14 @@ def main() -> None:
             kp, vp, table = paged(k, v, page)
             runs[f"flash_attn paged {page}"] = (lambda kp=kp, vp=vp, t=table: flash_attn.flash_attn_with_kvcache(
                 q, kp, vp, cache_seqlens=lens, block_table=t))
-        # transformers' flash_attention_2 decodes this way: flash_attn_func over the whole cache
+        # transformers' flash_attention_2 decodes this way: flash_attn_func over the whole cache,
+        # or with a padding mask flash_attn_varlen_func over the unpadded keys, one query each
         runs["flash_attn_func (no cache)"] = lambda: flash_attn.flash_attn_func(q, k, v, causal=True)
+        cu_q = torch.arange(b + 1, dtype=torch.int32, device="cuda")
+        cu_k = cu_q * cap
+        qv, kv, vv = q.view(b, h, d), k.view(b * cap, hk, d), v.view(b * cap, hk, d)
+        runs["flash_attn_varlen_func"] = lambda: flash_attn.flash_attn_varlen_func(
+            qv, kv, vv, cu_q, cu_k, 1, cap, causal=True).view(b, 1, h, d)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         runs["sdpa dense (enable_gqa)"] = lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True).transpose(1, 2)
         want = next(iter(runs.values()))()

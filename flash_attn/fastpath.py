@@ -7,8 +7,8 @@ scalars, flags) already determines: the argument checks, the backend choice and 
 struct. The first call of a signature runs the general path's checks and choice and keeps the
 outcome as a plan; later calls pay a dict lookup, the output allocations and the library call.
 A varlen signature leaves out the max sequence lengths, which change from call to call and are
-written into the struct with the pointers; its backward asks the library for its workspace per
-call (the workspace grows with max_seqlen_q).
+written into the struct with the pointers; its forward and backward ask the library for their
+workspace per call (it follows the max lengths).
 Whatever a plan does not cover (a backend other than a native library, a head dim that needs
 padding, a misaligned pointer, a dout laid out unlike out, flags changed between forward and
 backward) takes the general path, which is unchanged. Plans are per thread, since a plan's
@@ -41,7 +41,7 @@ _DENSE = (None, None, 0, 0)  # a dense call's (cu_seqlens_q, cu_seqlens_k, max_s
 class _Plan:
     def __init__(self, mask, device, fwd, fwd_ws_bytes, lse_shape, bwd, ws_bytes, bwd_state, general_args):
         self.mask, self.device, self.fwd, self.lse_shape = mask, device, fwd, lse_shape
-        self.fwd_ws_bytes = fwd_ws_bytes  # a split-KV forward's partial results
+        self.fwd_ws_bytes = fwd_ws_bytes  # a split-KV forward's partial results; None: ask per call (varlen)
         self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.lse_sink = None
@@ -56,13 +56,14 @@ class _Plan:
         out = torch.empty_like(q)
         if lse is None:
             lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
-        ws = torch.empty(self.fwd_ws_bytes, dtype=torch.uint8, device=self.device) if self.fwd_ws_bytes else None
-        ptrs = (native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-                0 if ws is None else ws.data_ptr())
-        if seq is None:
-            self.fwd(*ptrs)
-        else:
-            self.fwd(*ptrs, seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr())
+        ptrs = [native._stream(self.device), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                0]
+        if seq is not None:
+            ptrs += [seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr()]
+        ws_bytes = self.fwd.workspace_size(*ptrs) if self.fwd_ws_bytes is None else self.fwd_ws_bytes
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=self.device) if ws_bytes else None
+        ptrs[6] = 0 if ws is None else ws.data_ptr()
+        self.fwd(*ptrs)
         return out, lse
 
     def infer(self, q, k, v, seq):

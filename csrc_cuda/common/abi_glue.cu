@@ -73,7 +73,7 @@ bool aligned(fa_tensor const& t, bool varlen) {
 }
 
 TensorRef ref(fa_tensor const& t) {
-  return {const_cast<void*>(t.ptr), t.batch_stride, t.row_stride, t.head_stride};
+  return {const_cast<void*>(t.ptr), t.batch_stride, t.row_stride, t.head_stride, t.row_stride};
 }
 
 struct Resolved {
@@ -157,6 +157,8 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
   p.seqlen_q = pr.seqlen_q;
   p.seqlen_k = pr.seqlen_k;
   p.total_q = pr.total_q;
+  p.q_fold = 1;
+  p.lse_row_stride = 1;
   p.cu_seqlens_q = pr.cu_seqlens_q;
   p.cu_seqlens_k = pr.cu_seqlens_k;
   p.seqused_k = pr.seqused_k;
@@ -186,16 +188,21 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
 // A decoding step's query heads of one key head as the rows of one query block (FlashAttention-2's
 // swap): with one query per sequence, a group of g heads runs g rows in one block, which reads each
 // K/V block once, instead of one row in each of g blocks. q's heads are then rows (row stride = the
-// head stride) and the lse layout (batch, nheads, 1) is the same memory as (batch, nheads_k, g).
-// Not with what depends on the query head or position: ALiBi, dropout, a left window, varlen q; a
-// causal or right window over one query already sees every key.
+// head stride); the lse layout (batch, nheads, 1) is the same memory as (batch, nheads_k, g). A
+// varlen call whose longest sequence has one query (transformers' padded batch decoding) folds
+// too: its sequences have g rows or none (q_fold), and its lse (nheads, total_q) is read as
+// (nheads_k, g rows total_q apart, total_q). Not with what depends on the query head or position:
+// ALiBi, dropout, a left window; a causal or right window over one query already sees every key.
 void fold_query_heads(AttnParams& p) {
-  if (p.seqlen_q != 1 || p.group == 1 || p.cu_seqlens_q || p.alibi_slopes || p.dropout || p.window_left >= 0) {
-    return;
-  }
+  if (p.seqlen_q != 1 || p.group == 1 || p.alibi_slopes || p.dropout || p.window_left >= 0) { return; }
   for (TensorRef* t : {&p.q, &p.out}) {
     t->row_stride = t->head_stride;
     t->head_stride *= p.group;
+  }
+  if (p.cu_seqlens_q) {
+    p.q_fold = p.group;
+    p.lse_row_stride = p.total_q;
+    p.total_q *= p.group;
   }
   p.seqlen_q = p.group;
   p.nheads = p.nheads_k;
@@ -214,12 +221,11 @@ constexpr int kMaxSplits = 128;
 // allows fewer). A wave's fill decides a decoding step's time:
 // on the H100, 8 sequences x 8 key heads over 16k keys took 187 us with 4 splits (256 blocks, one
 // wave) and 274 us with 5 (320: a second wave of 56; benchmarks/results run eb). At least two key
-// blocks per split. Not for varlen q (the planned call path sizes a workspace once per signature;
-// a varlen one changes with max_seqlen_q) or dropout. `requested` (the API's num_splits) > 0
-// overrides the choice, within the key blocks there are.
+// blocks per split. Varlen calls count every sequence at the longest one's lengths. Not with
+// dropout. `requested` (the API's num_splits) > 0 overrides the choice, within the key blocks
+// there are.
 int choose_splits(AttnParams const& p, int requested, Resolved const& r) {
-  if (requested == 1 || p.cu_seqlens_q || p.dropout || p.batch <= 0 || p.nheads <= 0 || p.seqlen_q <= 0 ||
-      p.seqlen_k <= 0) {
+  if (requested == 1 || p.dropout || p.batch <= 0 || p.nheads <= 0 || p.seqlen_q <= 0 || p.seqlen_k <= 0) {
     return 1;
   }
   const sm80::FwdTile split = sm80::split_tile(r.bucket);
@@ -269,8 +275,8 @@ FwdPlan plan_fwd(fa_fwd_params const& prm, Resolved const& r) {
   // A call for the full kernel (cache addressing, softcap, ALiBi, RTZ) with queries for one split
   // tile runs the split kernels even unsplit: their 4-warp blocks fit two per SM where the full
   // kernel's 8-warp ones fit one (paged decoding at batch 32 ran at 1.1 TB/s in one; run ec).
-  const bool small_full = Features::any(w.p) && !w.p.dropout && !w.p.cu_seqlens_q &&
-                          w.p.seqlen_q <= sm80::split_tile(r.bucket).block_m;
+  const bool small_full =
+      Features::any(w.p) && !w.p.dropout && w.p.seqlen_q <= sm80::split_tile(r.bucket).block_m;
   w.p.num_splits = splits > 1 || small_full ? splits : 0;
   if (w.p.num_splits > 0) {
     w.p.lse_rows = int64_t(w.p.batch) * w.p.nheads * w.p.seqlen_q;

@@ -8,17 +8,25 @@
 namespace fa {
 
 // A (batch, row, head, dim) tensor; strides in elements, the head dimension contiguous.
+// token_stride: between a varlen sequence's tokens (rows start at cu_seqlens[b] tokens); it is the
+// row stride except where fold_query_heads (abi_glue.cu) made one token's query heads the rows.
 struct TensorRef {
   void* ptr;
   int64_t batch_stride;
   int64_t row_stride;
   int64_t head_stride;
+  int64_t token_stride;
 };
 
 struct AttnParams {
   TensorRef q, k, v, out;
   float* lse;  // (batch, nheads, seqlen_q), or (nheads, total_q) when cu_seqlens_q is set
   int64_t total_q;  // varlen: rows of q, the lse head stride
+  // Where fold_query_heads (abi_glue.cu) made a varlen decoding step's query heads the rows of a
+  // block: the rows per token (the group; else 1), and the stride between a block's lse rows
+  // (total_q; else 1). Forward only.
+  int q_fold;
+  int64_t lse_row_stride;
 
   int batch, nheads, nheads_k;
   int group;     // nheads / nheads_k: query heads that share one key/value head
@@ -57,8 +65,8 @@ struct AttnParams {
 
   // Split-KV forward (sm80/fwd_split.h), num_splits >= 1 (0: the unsplit kernels): each query
   // block's key blocks are dealt to num_splits blocks, which write their normalised fp32 O and lse
-  // to o_accum / lse_accum (split-major, rows indexed as lse); a combine kernel merges them into
-  // out and lse.
+  // to o_accum / lse_accum (split-major, then (batch, nheads, seqlen_q) rows, varlen or not); a
+  // combine kernel merges them into out and lse.
   int num_splits;
   float* o_accum;    // (num_splits, lse_rows, head-dim bucket)
   float* lse_accum;  // (num_splits, lse_rows)

@@ -22,7 +22,7 @@ struct SeqInfo {
     varlen_k = p.cu_seqlens_k != nullptr;
     if (varlen_q) {
       q_row0 = p.cu_seqlens_q[b];
-      seqlen_q = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+      seqlen_q = (p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b]) * p.q_fold;
     } else {
       q_row0 = int64_t(b) * p.seqlen_q;
       seqlen_q = p.seqlen_q;
@@ -49,16 +49,21 @@ struct SeqInfo {
 
   // Element offset of (batch b, row 0, head 0) in a query-shaped tensor.
   __device__ int64_t q_offset(TensorRef const& t, int b) const {
-    return varlen_q ? q_row0 * t.row_stride : int64_t(b) * t.batch_stride;
+    return varlen_q ? q_row0 * t.token_stride : int64_t(b) * t.batch_stride;
   }
   // Element offset of key 0, head 0 of this sequence in a key-shaped tensor (not paged).
   __device__ int64_t k_offset(TensorRef const& t) const {
-    return (varlen_k ? k_row0 * t.row_stride : int64_t(k_batch) * t.batch_stride) + int64_t(k_shift) * t.row_stride;
+    return (varlen_k ? k_row0 * t.token_stride : int64_t(k_batch) * t.batch_stride) + int64_t(k_shift) * t.token_stride;
   }
   // Offset of row 0 of (b, h) in an lse-shaped array: (batch, nheads, seqlen_q) when padded,
   // (nheads, total_rows) when varlen.
   __device__ int64_t lse_offset(AttnParams const& p, int b, int h, int64_t total_rows) const {
     return varlen_q ? h * total_rows + q_row0 : (int64_t(b) * p.nheads + h) * p.seqlen_q;
+  }
+  // Row 0 of (b, h) among a split forward's partial results: (batch, nheads, seqlen_q), varlen or
+  // not (seqlen_q is then the longest sequence's).
+  __device__ static int64_t accum_offset(AttnParams const& p, int b, int h) {
+    return (int64_t(b) * p.nheads + h) * p.seqlen_q;
   }
 };
 

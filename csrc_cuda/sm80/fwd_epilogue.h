@@ -35,15 +35,17 @@ __device__ __forceinline__ void store_rows_fp32(Acc const& acc, Coord const& tOc
   }
 }
 
-// lse[r] belongs to row r of the rowcol view of tOcO; lane 0 of each quad writes it.
+// lse[r] belongs to row r of the rowcol view of tOcO; lane 0 of each quad writes it, rows
+// row_stride apart.
 template <int kRows, class Coord>
-__device__ __forceinline__ void store_lse(float const (&lse)[kRows], Coord const& tOcO, float* base, int max_rows) {
+__device__ __forceinline__ void store_lse(float const (&lse)[kRows], Coord const& tOcO, float* base, int64_t row_stride,
+                                          int max_rows) {
   if (threadIdx.x % 4 != 0) { return; }
   Tensor rows = make_tensor(tOcO.data(), rowcol_layout(tOcO.layout()));
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int row = get<0>(rows(r, 0));
-    if (row < max_rows) { base[row] = lse[r]; }
+    if (row < max_rows) { base[row * row_stride] = lse[r]; }
   }
 }
 

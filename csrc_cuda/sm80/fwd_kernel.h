@@ -187,9 +187,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   float lse[decltype(size<0>(o_rc))::value];
   softmax.finalize(o_rc, mult, f.dropout ? p.rp_dropout : 1.f, lse);
   if constexpr (kSplit) {
-    const int64_t at = int64_t(blockIdx.z % p.num_splits) * p.lse_rows + seq.lse_offset(p, b, h, p.total_q) + row0;
+    const int64_t at = int64_t(blockIdx.z % p.num_splits) * p.lse_rows + SeqInfo::accum_offset(p, b, h) + row0;
     store_rows_fp32<kHeadDim>(acc_o, tOcO, p.o_accum + at * kHeadDim, seq.seqlen_q - row0);
-    store_lse(lse, tOcO, p.lse_accum + at, seq.seqlen_q - row0);
+    store_lse(lse, tOcO, p.lse_accum + at, 1, seq.seqlen_q - row0);
     return;
   }
   // O leaves through Q's shared tile: 16-byte row chunks instead of 4-byte pairs per thread
@@ -199,7 +199,8 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   Tensor mO = head_tensor<Element, kHeadDim>(p.out, seq.q_offset(p.out, b) + h * p.out.head_stride, seq.seqlen_q);
   Tensor gO = local_tile(mO, Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));
   store_tile(tQsQ, gmem_thr.partition_D(gO), tQcQ, seq.seqlen_q - row0, p.head_dim);
-  store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0, seq.seqlen_q - row0);
+  store_lse(lse, tOcO, p.lse + seq.lse_offset(p, b, h, p.total_q) + row0 * p.lse_row_stride, p.lse_row_stride,
+            seq.seqlen_q - row0);
 }
 
 }  // namespace fa::sm80

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(32 * kCombineWarps) fwd_combine_kernel(__grid_
   const int row = blockIdx.x * kCombineWarps + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
   const SeqInfo seq(p, b);
   if (row >= seq.seqlen_q) { return; }
-  const int64_t at = seq.lse_offset(p, b, h, p.total_q) + row;
+  const int64_t at = SeqInfo::accum_offset(p, b, h) + row;
   float m = -INFINITY;
   for (int s = lane; s < p.num_splits; s += 32) { m = fmaxf(m, split_lse(p, s, at)); }
   for (int o = 16; o > 0; o /= 2) { m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o)); }
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(32 * kCombineWarps) fwd_combine_kernel(__grid_
   for (int o = 16; o > 0; o /= 2) { sum += __shfl_xor_sync(0xffffffffu, sum, o); }
   const bool empty = m == -INFINITY;  // no key visible from this row: out 0, lse +inf as unsplit
   const float lse = empty ? INFINITY : m + logf(sum);
-  if (lane == 0) { p.lse[at] = lse; }
+  if (lane == 0) { p.lse[seq.lse_offset(p, b, h, p.total_q) + row * p.lse_row_stride] = lse; }
 
   Element* out = static_cast<Element*>(p.out.ptr) + seq.q_offset(p.out, b) + h * p.out.head_stride +
                  int64_t(row) * p.out.row_stride;

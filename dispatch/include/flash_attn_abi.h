@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 // Bumped on any change to the structs below; Python refuses a library of another version.
-#define FA_ABI_VERSION 2
+#define FA_ABI_VERSION 3
 
 typedef enum {
   FA_OK = 0,
@@ -115,8 +115,8 @@ const char* fa_last_error(void);
 
 // The forward's scratch (split-KV partial results): a function of the problem's shapes, strides,
 // scalars, flags and num_splits (and which pointers are NULL), not of pointer values or tensor
-// contents, so a caller may ask once per call signature; 0 when cu_seqlens_q is set (no backend
-// splits varlen queries).
+// contents, so a caller may ask once per call signature. With cu_seqlens_q set it also follows
+// seqlen_q and seqlen_k (the maxima, which change from call to call): ask per call.
 int fa_fwd_workspace_size(const fa_fwd_params* params, size_t* bytes);
 int fa_fwd(const fa_fwd_params* params);
 int fa_bwd_workspace_size(const fa_bwd_params* params, size_t* bytes);

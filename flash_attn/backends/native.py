@@ -21,7 +21,7 @@ import torch
 
 from .args import AttnArgs
 
-ABI_VERSION = 2  # FA_ABI_VERSION of the header this binding mirrors
+ABI_VERSION = 3  # FA_ABI_VERSION of the header this binding mirrors
 
 FA_FLAG_RTZ, FA_FLAG_DETERMINISTIC, FA_FLAG_PERFORMANCE = 1, 2, 4
 _DTYPE = {torch.float16: 0, torch.bfloat16: 1}
@@ -304,13 +304,17 @@ class NativeLibrary:
         v, out, lse, workspace; for varlen then max_seqlen_q, max_seqlen_k and the cu_seqlens
         pointers; with cache then seqused_k, leftpad_k, kv_batch_idx, block_table), or None when
         it needs what a PackedCall does not carry (padding, copies). By the ABI the workspace
-        (split-KV partials) follows from the signature, so it is asked once here."""
+        (split-KV partials) follows from the signature, so it is asked once here; varlen: None,
+        since it also follows the max sequence lengths (PackedCall.workspace_size asks per call)."""
         if q.shape[-1] % self._dim_multiple or not self.strides_fit(q, k, v, out):
             return None
+        varlen = args.cu_seqlens_q is not None
         call = PackedCall(self._lib.fa_fwd, _FWD, _fwd_values(q, k, v, args, out, lse, arch, 0),
-                          _slots(_FwdParams, _FWD_POINTERS, args.cu_seqlens_q is not None, cache), self._check,
+                          _slots(_FwdParams, _FWD_POINTERS, varlen, cache), self._check,
                           "forward", self._lib.fa_fwd_workspace_size)
-        return call, call.workspace_size() if self._fwd_workspace else 0
+        if not self._fwd_workspace:
+            return call, 0
+        return call, None if varlen else call.workspace_size()
 
     def packed_backward(self, dout, q, k, v, out, lse, args: AttnArgs, dq, dk, dv,
                         arch: int) -> Optional[tuple]:

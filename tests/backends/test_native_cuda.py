@@ -376,16 +376,74 @@ def test_decode_query_head_fold(case):
     compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"fold {case}")
 
 
-def test_forward_workspace_is_per_signature():
-    """The ABI's promise the planned call path relies on: no workspace for varlen queries, and a
-    training-sized grid is not split."""
+def test_forward_workspace_contract():
+    """The ABI's promise the planned call paths rely on: a dense call's workspace follows its
+    signature (a training-sized grid is not split); a varlen call's follows its max lengths too."""
     _need(64, torch.bfloat16)
     q, k, v, cu_q, cu_k = _varlen([1, 1], [3000, 2000], 8, 2, 64, torch.bfloat16)
     lse = torch.empty(8, 2, dtype=torch.float32, device=DEV)
-    args = AttnArgs(softmax_scale=0.125, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1, max_seqlen_k=3000)
-    assert LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse) == 0
+    for max_q, max_k, splits in ((1, 3000, True), (1, 64, False), (2048, 3000, False)):
+        args = AttnArgs(softmax_scale=0.125, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+                        max_seqlen_k=max_k)
+        assert (LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse) > 0) == splits, (max_q, max_k)
     q, k, v = qkv(8, 2048, 2048, 16, 16, 64, torch.bfloat16)
     assert _split_workspace(q, k, v, AttnArgs(softmax_scale=0.125)) == 0
+
+
+# Varlen decoding, one query per sequence at most (transformers' padded batch decoding, vLLM's
+# decode batches): the query heads fold and the keys split as in dense decoding (abi_glue.cu).
+VARLEN_DECODE = {
+    "gqa causal": dict(h=8, hk=2, window_right=0),
+    "gqa softcap": dict(h=8, hk=2, softcap=6.0),
+    "mha (not folded)": dict(h=4, hk=4, window_right=0),
+    "alibi (not folded)": dict(h=8, hk=2, alibi=True),
+}
+
+
+@pytest.mark.parametrize("num_splits", [0, 1, 4], ids=["auto", "unsplit", "4"])
+@pytest.mark.parametrize("case", list(VARLEN_DECODE))
+def test_varlen_decode(case, num_splits):
+    """Five sequences, one without a query (its 300 keys are skipped) and one with a single key;
+    out and lse (nheads, total_q) against the oracle, the backward of that lse, a bitwise repeat."""
+    _need(128, torch.bfloat16)
+    kw = dict(VARLEN_DECODE[case])
+    h, hk = kw.pop("h"), kw.pop("hk")
+    if kw.pop("alibi", False):
+        kw["alibi_slopes"] = torch.rand(5, h, device=DEV)
+    q, k, v, cu_q, cu_k = _varlen([1, 1, 0, 1, 1], [1, 2500, 300, 77, 1800], h, hk, 128, torch.bfloat16)
+    args = AttnArgs(softmax_scale=128 ** -0.5 * (3 if "softcap" in kw else 1), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                    max_seqlen_q=1, max_seqlen_k=2500, num_splits=num_splits, **kw)
+    lse = torch.empty(h, q.shape[0], dtype=torch.float32, device=DEV)
+    if num_splits != 1:
+        assert LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse) > 0
+    out, lse = compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"varlen decode {case} {num_splits}")
+    again, lse_again = run_fwd(q, k, v, args)
+    assert torch.equal(out, again) and torch.equal(lse, lse_again)
+
+
+def test_varlen_decode_paged():
+    """vLLM's decode batch: one query per sequence, keys through a page table, split and folded."""
+    _need(64, torch.bfloat16)
+    lens_k = [700, 1, 2049]
+    cu_q = torch.arange(4, dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0, 700, 701, 2750], dtype=torch.int32, device=DEV)
+    q = rand(3, 8, 64)
+    k_logical, v_logical = rand(3, 2049, 2, 64), rand(3, 2049, 2, 64)
+    k_phys, v_phys, table = _paged(k_logical, v_logical, 16)
+    args = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1,
+                    max_seqlen_k=2049, block_table=table)
+    lse = torch.empty(8, 3, dtype=torch.float32, device=DEV)
+    assert LIB.forward_workspace_size(q, k_phys, v_phys, args, torch.empty_like(q), lse) > 0
+    out, lse = run_fwd(q, k_phys, v_phys, args)
+    torch.cuda.synchronize()
+    k_pack = torch.cat([k_logical[i, :n] for i, n in enumerate(lens_k)])
+    v_pack = torch.cat([v_logical[i, :n] for i, n in enumerate(lens_k)])
+    oracle = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1,
+                      max_seqlen_k=2049)
+    o64, l64 = R.attention(q.double(), k_pack.double(), v_pack.double(), **ref_kwargs(oracle), dtype=torch.float64)
+    ob, lb = R.attention(q, k_pack, v_pack, **ref_kwargs(oracle), dtype=q.dtype)
+    check("out", out, o64, ob, 2, "varlen decode paged")
+    check("lse", lse, l64, lb, 2, "varlen decode paged")
 
 
 def test_fully_masked_rows():

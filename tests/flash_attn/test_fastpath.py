@@ -32,7 +32,12 @@ static unsigned char last[2][4096];
 int fa_abi_version(void) { return %d; }
 const char* fa_build_info(void) { return %s; }
 const char* fa_last_error(void) { return getenv("FA_STUB_FAIL") ? "the stub was told to fail" : ""; }
-int fa_fwd_workspace_size(const void* p, size_t* b) { *b = getenv("FA_STUB_FWD_WS") ? 512 : 0; return 0; }
+int fa_fwd_workspace_size(const void* p, size_t* b) {
+  const char* keys_at = getenv("FA_STUB_FWD_WS_KEYS_AT");  /* scratch when seqlen_k there >= 100 */
+  if (keys_at) { *b = *(const int*)((const char*)p + atoi(keys_at)) >= 100 ? 512 : 0; return 0; }
+  *b = getenv("FA_STUB_FWD_WS") ? 512 : 0;
+  return 0;
+}
 int fa_bwd_workspace_size(const void* p, size_t* b) { *b = 4096; return 0; }
 static int keep(int which, const void* p) {
   if (getenv("FA_STUB_FAIL")) { return 7; }
@@ -222,6 +227,23 @@ def test_varlen_forward_struct_matches_general_path_per_call(stub):
         offsets = native._FWD_POINTERS + cu_at
         assert _without_pointers(fast, offsets) == _without_pointers(general, offsets)
     assert len(fastpath._local.plans) == 1
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_varlen_forward_workspace_is_asked_per_call(stub, monkeypatch, grad):
+    """A varlen forward's workspace follows its max lengths (the ABI): one plan serves calls
+    with and without split keys, and each gets scratch only when the library asks for it."""
+    at = native._offsets(native._FwdParams, "problem.seqlen_k")[0]
+    monkeypatch.setenv("FA_STUB_FWD_WS_KEYS_AT", str(at))
+    q = torch.randn(3, 8, 64, dtype=torch.bfloat16, requires_grad=grad)
+    k, v = (torch.randn(400, 2, 64, dtype=torch.bfloat16, requires_grad=grad) for _ in range(2))
+    cu_q = torch.arange(4, dtype=torch.int32)
+    for max_k, needs in ((50, False), (300, True), (60, False)):
+        cu_k = torch.tensor([0, max_k, max_k + 1, max_k + 2], dtype=torch.int32)
+        flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 1, max_k)
+        assert (_pointers(_last(stub, 0), native._FWD_POINTERS)[6] != 0) == needs, max_k
+    plan = next(iter(fastpath._local.plans.values()))
+    assert plan and plan.fwd_ws_bytes is None and len(fastpath._local.plans) == 1
 
 
 def test_varlen_backward_struct_matches_general_path_per_call(stub):
