@@ -210,8 +210,6 @@ void fold_query_heads(AttnParams& p) {
   p.window_right = -1;
 }
 
-constexpr int kMaxSplits = 128;
-
 // Split-KV blocks per query block. Calls with more queries than one split tile holds split only
 // where the plain grid fills less than 0.8 of the SMs; calls with fewer (decoding) always weigh
 // the split tile's waves, since the plain tile computes 128 rows for their few (batch 16, 2k keys:
@@ -230,7 +228,7 @@ int choose_splits(AttnParams const& p, int requested, Resolved const& r) {
   }
   const sm80::FwdTile split = sm80::split_tile(r.bucket);
   const int key_blocks = ceil_div(p.seqlen_k, split.block_n);
-  const int most = std::min({kMaxSplits, key_blocks, 65535 / std::max(p.batch, 1)});
+  const int most = std::min({sm80::kMaxSplits, key_blocks, 65535 / std::max(p.batch, 1)});
   if (requested > 1) { return std::max(1, std::min(requested, most)); }
   const int64_t heads = int64_t(p.batch) * p.nheads;
   if (p.seqlen_q > split.block_m &&

@@ -18,49 +18,76 @@ template <int HeadDim, class Element>
 using SplitTraitsFor = FwdTraits<HeadDim, split_tile(HeadDim).block_m, split_tile(HeadDim).block_n,
                                  split_tile(HeadDim).warps, split_tile(HeadDim).kv_stages, Element>;
 
-constexpr int kCombineWarps = 4;  // one query row per warp
-
 // Split s's lse of row `at`; a split that saw no key (lse +inf, sm80 finalize) weighs nothing.
 __device__ __forceinline__ float split_lse(AttnParams const& p, int s, int64_t at) {
   const float l = p.lse_accum[s * p.lse_rows + at];
   return l == INFINITY ? -INFINITY : l;
 }
 
-// grid (ceil(seqlen_q / kCombineWarps), nheads, batch). Lanes share the splits for the row's lse,
-// then each lane owns 4 neighbouring columns (of every 128) and sums them over the splits in
-// split order, so the result does not depend on timing.
+constexpr int kCombineThreads = 128;  // one per split at most (kMaxSplits)
+constexpr int kCombineWarps = kCombineThreads / 32;
+static_assert(kMaxSplits <= kCombineThreads, "the combine kernel reads one split's lse per thread");
+
+// grid (seqlen_q, nheads, batch): one block per row, so that all of a row's loads are in flight
+// at once (a decoding step has few rows; one warp per row walking the splits took 5.8 us for 32
+// splits, a chain of L2 round trips; run fc). Thread s turns split s's lse into its weight
+// exp(lse_s - lse); warp w sums splits w, w + 4, ... for 4 neighbouring columns per lane (of every
+// 128), and the four warps' sums are added in warp order: a fixed order, so the result does not
+// depend on timing.
 template <class Element, int kHeadDim>
-__global__ void __launch_bounds__(32 * kCombineWarps) fwd_combine_kernel(__grid_constant__ const AttnParams p) {
-  const int lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kCombineWarps + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
+__global__ void __launch_bounds__(kCombineThreads) fwd_combine_kernel(__grid_constant__ const AttnParams p) {
+  __shared__ float weight[kCombineThreads];
+  __shared__ float reduce[kCombineWarps];
+  __shared__ float4 partial[kCombineWarps][kHeadDim / 4];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int row = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const SeqInfo seq(p, b);
   if (row >= seq.seqlen_q) { return; }
   const int64_t at = SeqInfo::accum_offset(p, b, h) + row;
-  float m = -INFINITY;
-  for (int s = lane; s < p.num_splits; s += 32) { m = fmaxf(m, split_lse(p, s, at)); }
-  for (int o = 16; o > 0; o /= 2) { m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o)); }
-  float sum = 0.f;
-  if (m != -INFINITY) {
-    for (int s = lane; s < p.num_splits; s += 32) { sum += expf(split_lse(p, s, at) - m); }
-  }
-  for (int o = 16; o > 0; o /= 2) { sum += __shfl_xor_sync(0xffffffffu, sum, o); }
-  const bool empty = m == -INFINITY;  // no key visible from this row: out 0, lse +inf as unsplit
-  const float lse = empty ? INFINITY : m + logf(sum);
-  if (lane == 0) { p.lse[seq.lse_offset(p, b, h, p.total_q) + row * p.lse_row_stride] = lse; }
 
+  const float l = tid < p.num_splits ? split_lse(p, tid, at) : -INFINITY;
+  float m = l;
+  for (int o = 16; o > 0; o /= 2) { m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o)); }
+  if (lane == 0) { reduce[warp] = m; }
+  __syncthreads();
+  m = fmaxf(fmaxf(reduce[0], reduce[1]), fmaxf(reduce[2], reduce[3]));
+  const bool empty = m == -INFINITY;  // no key visible from this row: out 0, lse +inf as unsplit
+  float sum = empty ? 0.f : expf(l - m);
+  for (int o = 16; o > 0; o /= 2) { sum += __shfl_xor_sync(0xffffffffu, sum, o); }
+  __syncthreads();  // every thread has read the maxima
+  if (lane == 0) { reduce[warp] = sum; }
+  __syncthreads();
+  const float lse = empty ? INFINITY : m + logf(reduce[0] + reduce[1] + reduce[2] + reduce[3]);
+  weight[tid] = empty ? 0.f : expf(l - lse);
+  if (tid == 0) { p.lse[seq.lse_offset(p, b, h, p.total_q) + row * p.lse_row_stride] = lse; }
+  __syncthreads();
+
+  const float* o_row = p.o_accum + at * kHeadDim;
+  const int64_t split_stride = p.lse_rows * kHeadDim;
+  for (int c = lane * 4; c < kHeadDim; c += 128) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = warp; s < p.num_splits; s += kCombineWarps) {
+      const float w = weight[s];
+      const float4 o = *reinterpret_cast<const float4*>(o_row + s * split_stride + c);
+      acc.x += w * o.x;
+      acc.y += w * o.y;
+      acc.z += w * o.z;
+      acc.w += w * o.w;
+    }
+    partial[warp][c / 4] = acc;
+  }
+  __syncthreads();
   Element* out = static_cast<Element*>(p.out.ptr) + seq.q_offset(p.out, b) + h * p.out.head_stride +
                  int64_t(row) * p.out.row_stride;
-  for (int c = lane * 4; c < p.head_dim; c += 128) {
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (!empty) {
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float w = expf(split_lse(p, s, at) - lse);
-        const float4 o = *reinterpret_cast<const float4*>(p.o_accum + (s * p.lse_rows + at) * kHeadDim + c);
-        acc.x += w * o.x;
-        acc.y += w * o.y;
-        acc.z += w * o.z;
-        acc.w += w * o.w;
-      }
+  for (int c = tid * 4; c < p.head_dim; c += 4 * kCombineThreads) {
+    float4 acc = partial[0][c / 4];
+    for (int w = 1; w < kCombineWarps; ++w) {
+      const float4 o = partial[w][c / 4];
+      acc.x += o.x;
+      acc.y += o.y;
+      acc.z += o.z;
+      acc.w += o.w;
     }
     *reinterpret_cast<uint2*>(out + c) =
         make_uint2(pack_pair<Element>(acc.x, acc.y, p.rtz), pack_pair<Element>(acc.z, acc.w, p.rtz));
@@ -75,8 +102,8 @@ cudaError_t launch_fwd_split(AttnParams const& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch * p.num_splits);
   const cudaError_t err = launch_with_smem<&fwd_kernel<T, true, true>>(grid, T::kThreads, T::kSmemBytes, p, stream);
   if (err != cudaSuccess) { return err; }
-  const dim3 rows(ceil_div(p.seqlen_q, kCombineWarps), p.nheads, p.batch);
-  fwd_combine_kernel<Element, HeadDim><<<rows, 32 * kCombineWarps, 0, stream>>>(p);
+  const dim3 rows(p.seqlen_q, p.nheads, p.batch);
+  fwd_combine_kernel<Element, HeadDim><<<rows, kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

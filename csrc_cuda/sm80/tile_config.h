@@ -101,6 +101,10 @@ constexpr FwdTile kFwdTiles[kNumArchRows][6] = {
 // The split-KV forward (decoding and other calls whose grid leaves SMs idle, sm80/fwd_split.h):
 // 64 query rows, since such calls have few (a decoding step's query heads of one key head), and
 // one tile for every architecture row, so it is compiled once: it fits the 99 KB of SM86/SM89.
+// At most this many split blocks share a query block: the combine kernel keeps each row's split
+// lse in registers, kMaxSplits / 32 per lane.
+constexpr int kMaxSplits = 128;
+
 constexpr FwdTile kSplitTiles[6] = {
     { 32, 64, 64, 4, 4, 2},
     { 64, 64, 64, 4, 4, 2},
