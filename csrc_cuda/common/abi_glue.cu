@@ -81,6 +81,7 @@ struct Resolved {
   int bucket;
   KernelEntry const* entry;
   int sms, smem_per_sm;
+  int device_arch;
 };
 
 // Validates the problem against this library and finds the launcher; returns FA_OK or a status
@@ -125,6 +126,7 @@ int resolve(fa_problem const& pr, bool backward, Resolved& out) {
   out.row = sm80::arch_row(arch);
   out.sms = dev.sms;
   out.smem_per_sm = dev.smem_per_sm;
+  out.device_arch = dev.arch;
   out.bucket = sm80::kHeadDimBuckets[sm80::bucket_index(pr.head_dim)];
   const size_t smem = backward ? sm80::bwd_tile(out.row, out.bucket).smem_bytes()
                                : sm80::fwd_tile(out.row, out.bucket).smem_bytes();
@@ -277,6 +279,7 @@ FwdPlan plan_fwd(fa_fwd_params const& prm, Resolved const& r) {
       Features::any(w.p) && !w.p.dropout && w.p.seqlen_q <= sm80::split_tile(r.bucket).block_m;
   w.p.num_splits = splits > 1 || small_full ? splits : 0;
   if (w.p.num_splits > 0) {
+    w.p.dependent_launch = r.device_arch >= 90;
     w.p.lse_rows = int64_t(w.p.batch) * w.p.nheads * w.p.seqlen_q;
     const size_t rows = size_t(w.p.num_splits) * w.p.lse_rows;
     w.o_accum = 0;

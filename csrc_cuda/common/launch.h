@@ -37,4 +37,20 @@ cudaError_t launch_with_smem(dim3 grid, int threads, int smem_bytes, Params cons
   return cudaGetLastError();
 }
 
+// Programmatic dependent launch (sm90 and newer; no-ops below): a kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start once every block of the kernel
+// before it has called allow_dependent_launch() or exited, and must call grid_dependency_wait()
+// before it reads what that kernel wrote (it returns when that kernel has finished and its
+// writes are visible).
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 }  // namespace fa

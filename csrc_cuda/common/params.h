@@ -71,6 +71,9 @@ struct AttnParams {
   float* o_accum;    // (num_splits, lse_rows, head-dim bucket)
   float* lse_accum;  // (num_splits, lse_rows)
   int64_t lse_rows;  // batch * nheads * seqlen_q
+  // The combine kernel launches while the split blocks finish and waits for them itself
+  // (programmatic dependent launch, sm90 and newer devices).
+  bool dependent_launch;
 };
 
 struct BwdParams : AttnParams {

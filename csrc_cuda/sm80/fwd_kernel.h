@@ -11,6 +11,7 @@
 
 #include "../common/features.h"
 #include "../common/fragment.h"
+#include "../common/launch.h"
 #include "../common/mask.h"
 #include "../common/params.h"
 #include "../common/seqlen.h"
@@ -183,6 +184,7 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     gemm_rs(acc_o, tOrP, tOrVt, kv_stage(tOsVt, stage), mma, s2r_v, tid);
   }
   cp_async_wait<0>();  // the Q load is still pending when no key block is visible
+  if constexpr (kSplit) { allow_dependent_launch(); }  // the combine kernel's blocks may start
 
   float lse[decltype(size<0>(o_rc))::value];
   softmax.finalize(o_rc, mult, f.dropout ? p.rp_dropout : 1.f, lse);

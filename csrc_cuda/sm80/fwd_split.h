@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kCombineThreads) fwd_combine_kernel(__grid_con
   __shared__ float4 partial[kCombineWarps][kHeadDim / 4];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int row = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  grid_dependency_wait();
   const SeqInfo seq(p, b);
   if (row >= seq.seqlen_q) { return; }
   const int64_t at = SeqInfo::accum_offset(p, b, h) + row;
@@ -102,9 +103,16 @@ cudaError_t launch_fwd_split(AttnParams const& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch * p.num_splits);
   const cudaError_t err = launch_with_smem<&fwd_kernel<T, true, true>>(grid, T::kThreads, T::kSmemBytes, p, stream);
   if (err != cudaSuccess) { return err; }
-  const dim3 rows(p.seqlen_q, p.nheads, p.batch);
-  fwd_combine_kernel<Element, HeadDim><<<rows, kCombineThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  cudaLaunchAttribute early{};
+  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t combine{};
+  combine.gridDim = dim3(p.seqlen_q, p.nheads, p.batch);
+  combine.blockDim = dim3(kCombineThreads);
+  combine.stream = stream;
+  combine.attrs = &early;
+  combine.numAttrs = p.dependent_launch ? 1 : 0;
+  return cudaLaunchKernelEx(&combine, fwd_combine_kernel<Element, HeadDim>, p);
 }
 
 }  // namespace fa::sm80
