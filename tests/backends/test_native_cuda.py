@@ -282,27 +282,36 @@ def test_kv_batch_idx_with_features():
                       case=f"kv_batch_idx sq={sq}")
 
 
-def test_varlen_paged():
+VARLEN_PAGED = {  # (query lengths, key lengths, heads, key heads)
+    "prefill": ([3, 40, 1], [100, 41, 300], 4, 2),
+    "decode": ([1, 1, 1], [700, 1, 2049], 8, 2),  # vLLM's decode batch: split and folded
+}
+
+
+@pytest.mark.parametrize("case", list(VARLEN_PAGED))
+def test_varlen_paged(case):
     """cu_seqlens_k gives the key counts and the table the rows (flash_attn_varlen_func's block_table)."""
     _need(64, torch.bfloat16)
-    lens_k = [100, 41, 300]
-    cu_q = torch.tensor([0, 3, 43, 44], dtype=torch.int32, device=DEV)
-    cu_k = torch.tensor([0, 100, 141, 441], dtype=torch.int32, device=DEV)
-    q = rand(44, 4, 64)
-    k_logical, v_logical = rand(3, 300, 2, 64), rand(3, 300, 2, 64)
+    lens_q, lens_k, h, hk = VARLEN_PAGED[case]
+    cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32, device=DEV)
+    cu_k = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32, device=DEV)
+    q = rand(sum(lens_q), h, 64)
+    k_logical, v_logical = rand(3, max(lens_k), hk, 64), rand(3, max(lens_k), hk, 64)
     k_phys, v_phys, table = _paged(k_logical, v_logical, 16)
-    args = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=40,
-                    max_seqlen_k=300, block_table=table)
+    seq = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k))
+    args = AttnArgs(softmax_scale=0.125, window_right=0, block_table=table, **seq)
+    if case == "decode":
+        lse = torch.empty(h, sum(lens_q), dtype=torch.float32, device=DEV)
+        assert LIB.forward_workspace_size(q, k_phys, v_phys, args, torch.empty_like(q), lse) > 0
     out, lse = run_fwd(q, k_phys, v_phys, args)
     torch.cuda.synchronize()
     k_pack = torch.cat([k_logical[i, :n] for i, n in enumerate(lens_k)])
     v_pack = torch.cat([v_logical[i, :n] for i, n in enumerate(lens_k)])
-    oracle = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                      max_seqlen_q=40, max_seqlen_k=300)
+    oracle = AttnArgs(softmax_scale=0.125, window_right=0, **seq)
     o64, l64 = R.attention(q.double(), k_pack.double(), v_pack.double(), **ref_kwargs(oracle), dtype=torch.float64)
     ob, lb = R.attention(q, k_pack, v_pack, **ref_kwargs(oracle), dtype=q.dtype)
-    check("out", out, o64, ob, 2, "varlen paged")
-    check("lse", lse, l64, lb, 2, "varlen paged")
+    check("out", out, o64, ob, 2, f"varlen paged {case}")
+    check("lse", lse, l64, lb, 2, f"varlen paged {case}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,31 +428,6 @@ def test_varlen_decode(case, num_splits):
     out, lse = compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"varlen decode {case} {num_splits}")
     again, lse_again = run_fwd(q, k, v, args)
     assert torch.equal(out, again) and torch.equal(lse, lse_again)
-
-
-def test_varlen_decode_paged():
-    """vLLM's decode batch: one query per sequence, keys through a page table, split and folded."""
-    _need(64, torch.bfloat16)
-    lens_k = [700, 1, 2049]
-    cu_q = torch.arange(4, dtype=torch.int32, device=DEV)
-    cu_k = torch.tensor([0, 700, 701, 2750], dtype=torch.int32, device=DEV)
-    q = rand(3, 8, 64)
-    k_logical, v_logical = rand(3, 2049, 2, 64), rand(3, 2049, 2, 64)
-    k_phys, v_phys, table = _paged(k_logical, v_logical, 16)
-    args = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1,
-                    max_seqlen_k=2049, block_table=table)
-    lse = torch.empty(8, 3, dtype=torch.float32, device=DEV)
-    assert LIB.forward_workspace_size(q, k_phys, v_phys, args, torch.empty_like(q), lse) > 0
-    out, lse = run_fwd(q, k_phys, v_phys, args)
-    torch.cuda.synchronize()
-    k_pack = torch.cat([k_logical[i, :n] for i, n in enumerate(lens_k)])
-    v_pack = torch.cat([v_logical[i, :n] for i, n in enumerate(lens_k)])
-    oracle = AttnArgs(softmax_scale=0.125, window_right=0, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=1,
-                      max_seqlen_k=2049)
-    o64, l64 = R.attention(q.double(), k_pack.double(), v_pack.double(), **ref_kwargs(oracle), dtype=torch.float64)
-    ob, lb = R.attention(q, k_pack, v_pack, **ref_kwargs(oracle), dtype=q.dtype)
-    check("out", out, o64, ob, 2, "varlen decode paged")
-    check("lse", lse, l64, lb, 2, "varlen decode paged")
 
 
 def test_fully_masked_rows():
