@@ -51,14 +51,16 @@ __global__ void __launch_bounds__(kCombineThreads) fwd_combine_kernel(__grid_con
   for (int o = 16; o > 0; o /= 2) { m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o)); }
   if (lane == 0) { reduce[warp] = m; }
   __syncthreads();
-  m = fmaxf(fmaxf(reduce[0], reduce[1]), fmaxf(reduce[2], reduce[3]));
+  for (int w = 0; w < kCombineWarps; ++w) { m = fmaxf(m, reduce[w]); }
   const bool empty = m == -INFINITY;  // no key visible from this row: out 0, lse +inf as unsplit
   float sum = empty ? 0.f : expf(l - m);
   for (int o = 16; o > 0; o /= 2) { sum += __shfl_xor_sync(0xffffffffu, sum, o); }
   __syncthreads();  // every thread has read the maxima
   if (lane == 0) { reduce[warp] = sum; }
   __syncthreads();
-  const float lse = empty ? INFINITY : m + logf(reduce[0] + reduce[1] + reduce[2] + reduce[3]);
+  sum = reduce[0];
+  for (int w = 1; w < kCombineWarps; ++w) { sum += reduce[w]; }
+  const float lse = empty ? INFINITY : m + logf(sum);
   weight[tid] = empty ? 0.f : expf(l - lse);
   if (tid == 0) { p.lse[seq.lse_offset(p, b, h, p.total_q) + row * p.lse_row_stride] = lse; }
   __syncthreads();
