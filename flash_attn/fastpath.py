@@ -42,7 +42,7 @@ class _Plan:
     def __init__(self, mask, device, fwd, fwd_ws_bytes, lse_shape, bwd, ws_bytes, bwd_state, general_args):
         self.mask, self.device, self.fwd, self.lse_shape = mask, device, fwd, lse_shape
         self.fwd_ws_bytes = fwd_ws_bytes  # a split-KV forward's partial results; None: ask per call (varlen)
-        self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state
+        self.bwd, self.ws_bytes, self.bwd_state = bwd, ws_bytes, bwd_state  # ws_bytes None: ask per call (varlen)
         self.general_args = general_args  # backward_impl's scalars, for the general path
         self.lse_sink = None
         self.node = None  # the C++ module's plan (autograd_node.py), where it is built
@@ -60,11 +60,17 @@ class _Plan:
                 0]
         if seq is not None:
             ptrs += [seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr()]
-        ws_bytes = self.fwd.workspace_size(*ptrs) if self.fwd_ws_bytes is None else self.fwd_ws_bytes
-        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=self.device) if ws_bytes else None
-        ptrs[6] = 0 if ws is None else ws.data_ptr()
-        self.fwd(*ptrs)
+        self._call(self.fwd, self.fwd_ws_bytes, ptrs, 6)
         return out, lse
+
+    def _call(self, call, nbytes, ptrs, at):
+        """Runs a packed call with its scratch, whose pointer goes to ptrs[at]: nbytes, or where
+        that is None (a varlen signature) what the library asks for with these per-call fields."""
+        if nbytes is None:
+            nbytes = call.workspace_size(*ptrs)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=self.device) if nbytes else None
+        ptrs[at] = 0 if ws is None else ws.data_ptr()
+        call(*ptrs)
 
     def infer(self, q, k, v, seq):
         """out of a call without autograd. Nothing reads its lse, so the kernels write it into one
@@ -87,10 +93,7 @@ class _Plan:
                 dout.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), 0]
         if seq is not None:
             ptrs += [seq[2], seq[3], seq[0].data_ptr(), seq[1].data_ptr()]
-        ws_bytes = self.ws_bytes if seq is None else self.bwd.workspace_size(*ptrs)
-        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=self.device) if ws_bytes else None
-        ptrs[10] = 0 if ws is None else ws.data_ptr()
-        self.bwd(*ptrs)
+        self._call(self.bwd, self.ws_bytes, ptrs, 10)
         return dq, dk, dv
 
 
