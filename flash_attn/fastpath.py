@@ -122,8 +122,10 @@ def _bwd_state() -> tuple:
 def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
     """out, or None when the call must take the general path. check(): the caller's argument
     checks, run when a signature is first seen (they raise as the general path would)."""
-    cpp = autograd_node.load()[0]
-    if cpp is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    # Whether compiling first: loading the module (a file lookup) cannot be traced.
+    tracing = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    cpp = None if tracing else autograd_node.load()[0]
+    if cpp is None:
         return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
     # The C++ module keeps this thread's planned dense calls too: a known call costs one C++ call.
     out = cpp.run(q, k, v, softmax_scale, causal, window_size, softcap, deterministic)

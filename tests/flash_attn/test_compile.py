@@ -16,7 +16,12 @@ from flash_attn import flash_attn_func, flash_attn_varlen_func
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo():
+def _fresh_dynamo(monkeypatch):
+    """Also unloads the C++ call path, as in a process whose first call is compiled: finding that
+    module (a file lookup) must not happen inside the trace."""
+    from flash_attn.backends import autograd_node
+
+    monkeypatch.setattr(autograd_node, "_state", None)
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
