@@ -6,6 +6,7 @@ FLASH_ATTENTION_INTERNAL_USE_RTZ        fp32 -> fp16/bf16 rounds toward zero
 FLASH_ATTENTION_INTERNAL_PERFORMANCE_MODE  16-bit intermediates where a backend can use them
 FLASH_ATTENTION_BACKEND                 NAME: prefer that backend; only:NAME: use it or fail
 FLASH_ATTENTION_ARCH_OVERRIDE           sm75|sm80|sm86|sm89: treat a CUDA GPU as that arch
+FLASH_ATTENTION_CHECK_VALUES            check index tensors' values (one host sync per call)
 The README defines each exactly.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ RTZ = "FLASH_ATTENTION_INTERNAL_USE_RTZ"
 PERFORMANCE = "FLASH_ATTENTION_INTERNAL_PERFORMANCE_MODE"
 BACKEND = "FLASH_ATTENTION_BACKEND"
 ARCH_OVERRIDE = "FLASH_ATTENTION_ARCH_OVERRIDE"
-ALL = (DETERMINISTIC, RTZ, PERFORMANCE, BACKEND, ARCH_OVERRIDE)
+CHECK_VALUES = "FLASH_ATTENTION_CHECK_VALUES"
+ALL = (DETERMINISTIC, RTZ, PERFORMANCE, BACKEND, ARCH_OVERRIDE, CHECK_VALUES)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -36,6 +38,7 @@ class Flags:
     backend: Optional[str] = None
     backend_strict: bool = False
     arch_override: Optional[str] = None
+    check_values: bool = False
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -49,7 +52,7 @@ def _bool(name: str, raw: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _parse(det: str, rtz: str, perf: str, backend: str, arch: str) -> Flags:
+def _parse(det: str, rtz: str, perf: str, backend: str, arch: str, check: str) -> Flags:
     from .capabilities import BACKENDS  # late: capabilities imports nothing from here
 
     strict = backend.startswith("only:")
@@ -62,7 +65,8 @@ def _parse(det: str, rtz: str, perf: str, backend: str, arch: str) -> Flags:
     if arch is not None and arch not in OVERRIDABLE:
         raise ValueError(f"{ARCH_OVERRIDE}={arch!r} is not supported; use one of "
                          f"{', '.join(OVERRIDABLE)} (or unset it)")
-    return Flags(_bool(DETERMINISTIC, det), _bool(RTZ, rtz), _bool(PERFORMANCE, perf), name, strict, arch)
+    return Flags(_bool(DETERMINISTIC, det), _bool(RTZ, rtz), _bool(PERFORMANCE, perf), name, strict, arch,
+                 _bool(CHECK_VALUES, check))
 
 
 @functools.lru_cache(maxsize=64)
@@ -72,7 +76,7 @@ def _parse_raw(*raw: Optional[bytes]) -> Flags:
 
 def read(env=None) -> Flags:
     """Current flags; parsing is cached per distinct set of raw values. os.environ.get costs about
-    2 µs per name (key encoding, a decode), a third of a small call's host time over five names, so
+    2 µs per name (key encoding, a decode), a third of a small call's host time over its names, so
     the raw bytes dict behind POSIX os.environ (_data, which every os.environ write goes through) is
     read directly where CPython has it."""
     if env is None:

@@ -1,7 +1,8 @@
 """Argument checks for the public API, run once per call before anything reaches a backend.
 
 Every error names the argument, the value it had, the limit, and what to do instead. Checks read
-only shapes, dtypes, strides and devices, never tensor values, so nothing synchronises with a GPU.
+only shapes, dtypes, strides and devices, never tensor values, so nothing synchronises with a GPU
+(FLASH_ATTENTION_CHECK_VALUES adds the value checks of _values.py).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
-from . import fastpath, ops
+from . import _values, fastpath, ops
 from .kvcache import flash_attn_with_kvcache  # noqa: F401  (public API)
 
 
@@ -97,12 +97,15 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         return (V.check_max_seqlen("max_seqlen_q", max_seqlen_q),
                 V.check_max_seqlen("max_seqlen_k", max_seqlen_k))
 
-    if not dropout_p and alibi_slopes is None and not return_attn_probs and block_table is None:
+    checking = _values.enabled()
+    if not dropout_p and alibi_slopes is None and not return_attn_probs and block_table is None and not checking:
         out = fastpath.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                               softmax_scale, causal, window_size, softcap, deterministic, check)
         if out is not None:
             return out
     max_q, max_k = check()
+    if checking:
+        _values.check_varlen(q, k, cu_seqlens_q, cu_seqlens_k, max_q, max_k, block_table)
     return _run(q, k, v, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
                 window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
                 deterministic=deterministic, return_attn_probs=return_attn_probs,

@@ -13,6 +13,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validate as V
+from . import _values
 from . import ops
 from .backends import native, registry
 from .dispatch import flags as flagmod
@@ -110,7 +111,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     positions cache_seqlens + i, and q at the same positions when causal/local, else at
     cache_seqlens for every query."""
     key = None
-    if rotary_cos is None and rotary_sin is None and alibi_slopes is None:
+    checking = _values.enabled()
+    if rotary_cos is None and rotary_sin is None and alibi_slopes is None and not checking:
         key = _plan_key(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, cache_leftpad, block_table,
                         softmax_scale, causal, window_size, softcap, num_splits)
         plan = _plans().get(key) if key is not None else None
@@ -123,6 +125,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     capacity = block_table.shape[1] * k_cache.shape[1] if block_table is not None else k_cache.shape[1]
     _check_rotary(rotary_cos, rotary_sin, k, capacity)
     cache_seqlens = _seqlens(cache_seqlens, batch, capacity, s_new, q.device)
+    if checking:
+        _values.check_kvcache(k_cache, s_new, capacity, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     scale = V.scalars(0.0, softcap, softmax_scale, q.shape[-1])
     left, right = V.window(window_size, causal)
     V.check_alibi(alibi_slopes, batch, q.shape[-2], q.device)

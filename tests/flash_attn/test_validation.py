@@ -204,6 +204,8 @@ def test_kvcache_arguments(device):
      r"FLASH_ATTENTION_BACKEND='only:nonsense' names no backend"),
     ("FLASH_ATTENTION_ARCH_OVERRIDE", "sm99",
      r"FLASH_ATTENTION_ARCH_OVERRIDE='sm99' is not supported; use one of sm75, sm80, sm86, sm89"),
+    ("FLASH_ATTENTION_CHECK_VALUES", "all",
+     r"FLASH_ATTENTION_CHECK_VALUES='all' is not a valid value"),
 ])
 def test_bad_env_flags(device, monkeypatch, name, value, match):
     q, k, v = _qkv(device)

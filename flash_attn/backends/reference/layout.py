@@ -45,8 +45,14 @@ def _kv_rows(k: torch.Tensor, args: AttnArgs, batch: int) -> tuple[torch.Tensor,
         if args.leftpad_k is not None:
             pos = pos + args.leftpad_k.long()[:, None]
         pos = pos.clamp(max=cap - 1)
-        rows = torch.gather(bt, 1, pos // page) * page + pos % page
-        return rows, cap, k.shape[0] * page
+        pages = torch.gather(bt, 1, pos // page)
+        # Entries past a sequence's last page are never read and may hold anything (servers pad
+        # their tables), so the slots past its keys take page 0 instead.
+        if args.cu_seqlens_k is not None:
+            pages = torch.where(pos < _lengths(args.cu_seqlens_k)[:, None], pages, 0)
+        elif args.seqused_k is not None:
+            pages = torch.where(pos < args.seqused_k.long()[:, None], pages, 0)
+        return pages * page + pos % page, cap, k.shape[0] * page
     if args.cu_seqlens_k is not None:
         cap = args.max_seqlen_k
         start = args.cu_seqlens_k[:-1].long()[:, None]
