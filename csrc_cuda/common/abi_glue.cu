@@ -127,25 +127,31 @@ int resolve(fa_problem const& pr, bool backward, Resolved& out) {
   out.sms = dev.sms;
   out.smem_per_sm = dev.smem_per_sm;
   out.device_arch = dev.arch;
-  out.bucket = sm80::kHeadDimBuckets[sm80::bucket_index(pr.head_dim)];
+  // The smallest compiled bucket that holds head_dim (its other columns zero-filled): a build
+  // narrowed by FLASH_ATTENTION_HEAD_DIMS serves the head dims below each of its buckets, as its
+  // build info tells the dispatcher.
+  out.entry = nullptr;
+  for (int i = sm80::bucket_index(pr.head_dim); i >= 0 && i < 6 && !out.entry; ++i) {
+    for (int j = 0; j < kNumKernels; ++j) {
+      KernelEntry const& e = kKernels[j];
+      if (e.head_dim == sm80::kHeadDimBuckets[i] && e.dtype == pr.dtype && (backward ? e.bwd != nullptr : e.fwd != nullptr)) {
+        out.entry = &e;
+      }
+    }
+  }
+  if (!out.entry) {
+    return fail(FA_ERR_UNSUPPORTED, std::string(backward ? "backward" : "forward") + " for head_dim " +
+                                        std::to_string(pr.head_dim) + (pr.dtype == FA_DTYPE_BF16 ? " bf16" : " fp16") +
+                                        " was not compiled into this library (FLASH_ATTENTION_HEAD_DIMS, "
+                                        "FLASH_ATTENTION_DTYPES, FLASH_ATTENTION_DIRECTIONS at build time)");
+  }
+  out.bucket = out.entry->head_dim;
   const size_t smem = backward ? sm80::bwd_tile(out.row, out.bucket).smem_bytes()
                                : sm80::fwd_tile(out.row, out.bucket).smem_bytes();
   if (smem > size_t(dev.smem_optin)) {
     return fail(FA_ERR_UNSUPPORTED, "the sm" + std::to_string(arch) + " tile for head_dim " + std::to_string(out.bucket) +
                                         " needs " + std::to_string(smem) + " bytes of shared memory; the device allows " +
                                         std::to_string(dev.smem_optin));
-  }
-  out.entry = nullptr;
-  for (int i = 0; i < kNumKernels; ++i) {
-    KernelEntry const& e = kKernels[i];
-    if (e.head_dim == out.bucket && e.dtype == pr.dtype && (backward ? e.bwd != nullptr : e.fwd != nullptr)) {
-      out.entry = &e;
-    }
-  }
-  if (!out.entry) {
-    return fail(FA_ERR_UNSUPPORTED, std::string(backward ? "backward" : "forward") + " for head_dim bucket " +
-                                        std::to_string(out.bucket) + (pr.dtype == FA_DTYPE_BF16 ? " bf16" : " fp16") +
-                                        " was not compiled into this library");
   }
   return FA_OK;
 }
@@ -168,7 +174,7 @@ void fill_problem(fa_problem const& pr, AttnParams& p) {
   p.leftpad_k = pr.leftpad_k;
   p.block_table = pr.block_table;
   p.block_table_batch_stride = pr.block_table_batch_stride;
-  p.page_size = pr.page_block_size;
+  p.page_size = FastDiv::of(pr.block_table ? pr.page_block_size : 0);
   p.window_left = pr.window_left;
   p.window_right = pr.window_right;
   p.softmax_scale = pr.softmax_scale;

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "fast_div.h"
+
 namespace fa {
 
 // A (batch, row, head, dim) tensor; strides in elements, the head dimension contiguous.
@@ -42,7 +44,7 @@ struct AttnParams {
   const int32_t* leftpad_k;
   const int32_t* block_table;
   int64_t block_table_batch_stride;
-  int page_size;
+  FastDiv page_size;
 
   int window_left, window_right;  // -1 = unbounded
 

@@ -5,6 +5,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "../common/fast_div.h"
 #include "../common/params.h"
 
 namespace fa::sm80 {
@@ -59,7 +60,8 @@ __device__ __forceinline__ void load_tile(TiledCopy const&, TensorG const& src, 
 // dense cache's speed that way).
 template <class TensorS, class TensorC>
 __device__ __forceinline__ void load_paged(TensorS&& dst, TensorC const& coord, TensorRef const& t, int64_t head_offset,
-                                           const int32_t* table, int page_size, int key0, int max_rows, int max_cols) {
+                                           const int32_t* table, FastDiv const& page_size, int key0, int max_rows,
+                                           int max_cols) {
   using Element = typename std::decay_t<TensorS>::value_type;
   constexpr int kRows = decltype(size<1>(dst))::value;
   int64_t offset[kRows];
@@ -67,8 +69,9 @@ __device__ __forceinline__ void load_paged(TensorS&& dst, TensorC const& coord, 
   for (int m = 0; m < kRows; ++m) {
     const int r = get<0>(coord(0, m, 0));
     const int key = key0 + r;
-    const int64_t page = r < max_rows ? table[key / page_size] : 0;
-    offset[m] = head_offset + page * t.batch_stride + int64_t(key % page_size) * t.row_stride;
+    const int index = page_size.div(key);
+    const int64_t page = r < max_rows ? table[index] : 0;
+    offset[m] = head_offset + page * t.batch_stride + int64_t(key - index * page_size.divisor) * t.row_stride;
   }
 #pragma unroll
   for (int m = 0; m < kRows; ++m) {
