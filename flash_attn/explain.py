@@ -100,7 +100,7 @@ def info_text() -> str:
     for name, lib in registry.NATIVE_LIBRARY.items():
         info = selmod.library_info(lib)
         lines.append(f"  {name}: {'not installed' if info is None else info}")
-    lines.append(f"autograd node of planned dense calls: {autograd_node.describe()}")
+    lines.append(f"autograd node of planned dense and varlen calls: {autograd_node.describe()}")
     for target in _targets(flags):
         lines.append(f"device: {target.describe()}")
         for label, direction, head_dim, feats in SAMPLE_CALLS:

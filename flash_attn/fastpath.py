@@ -15,9 +15,10 @@ backward) takes the general path, which is unchanged. Plans are per thread, sinc
 params struct is rewritten by each call; a plan's backward runs on the autograd engine's thread
 for the device, one at a time, with a struct of its own.
 Where the C++ module of csrc_torch/ is built for the running torch (backends/autograd_node.py),
-dense calls go through it instead: it keeps a C++ twin of each dense plan in a per-thread cache
-keyed in C++, serves known calls without the Python key, and records them with a C++ autograd
-node; this module still plans each new signature (and runs its checks) and registers the plan.
+dense and varlen calls go through it instead: it keeps a C++ twin of each plan in a per-thread
+cache keyed in C++, serves known calls without the Python key, and records them with a C++
+autograd node; this module still plans each new signature (and runs its checks) and registers
+the plan.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, c
     cpp = None if tracing else autograd_node.load()[0]
     if cpp is None:
         return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
-    # The C++ module keeps this thread's planned dense calls too: a known call costs one C++ call.
+    # The C++ module keeps this thread's planned calls too: a known call costs one C++ call.
     out = cpp.run(q, k, v, softmax_scale, causal, window_size, softcap, deterministic)
     if out is None:  # a signature its cache has not seen: plan it here (checks included), once
         plan, _ = _plan(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
@@ -144,9 +145,21 @@ def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, soft
             or type(max_seqlen_q) is not int or type(max_seqlen_k) is not int or max_seqlen_q < 0 or max_seqlen_k < 0):
         return None  # the general path checks (or converts) these
     seq = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    sig = (cu_seqlens_q.shape, cu_seqlens_k.shape, cu_seqlens_q.dtype, cu_seqlens_k.dtype, cu_seqlens_q.device,
-           cu_seqlens_k.device)
-    return _run(q, k, v, seq, sig, softmax_scale, causal, window_size, softcap, deterministic, check)
+    scalars = (softmax_scale, causal, window_size, softcap, deterministic)
+    tracing = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    cpp = None if tracing else autograd_node.load()[0]
+    if cpp is None:
+        return _run(q, k, v, seq, _seq_sig(cu_seqlens_q, cu_seqlens_k), *scalars, check)
+    out = cpp.run_varlen(q, k, v, *seq, *scalars)
+    if out is None:  # not seen: plan it (checks included) and register it, as dense() does
+        plan, _ = _plan(q, k, v, seq, _seq_sig(cu_seqlens_q, cu_seqlens_k), *scalars, check)
+        cpp.register_varlen_call(q, k, v, cu_seqlens_q, cu_seqlens_k, *scalars, plan.node if plan else None)
+        out = cpp.run_varlen(q, k, v, *seq, *scalars)
+    return None if out is None or out is False else out
+
+
+def _seq_sig(cu_q, cu_k) -> tuple:
+    return (cu_q.shape, cu_k.shape, cu_q.dtype, cu_k.dtype, cu_q.device, cu_k.device)
 
 
 def _run(q, k, v, seq, seq_sig, softmax_scale, causal, window_size, softcap, deterministic, check):
@@ -223,26 +236,42 @@ def _make_plan(q, k, v, seq, softmax_scale, causal, window_size, softcap, determ
             if packed is not None:
                 bwd, ws_bytes = packed
     plan = _Plan(lib.pointer_mask, q.device, fwd, fwd_ws_bytes, lse_shape, bwd, ws_bytes, _bwd_state(), general_args)
-    if seq is None:
-        _attach_node(plan, lib)
+    _attach_node(plan, lib, seq is not None)
     return plan
 
 
-def _attach_node(plan: _Plan, lib) -> None:
-    """Gives a dense plan its C++ twin where the module is built for this torch: dense() then
-    serves the call from C++, and a grad call's node runs the planned backward without Python."""
+def _attach_node(plan: _Plan, lib, varlen: bool) -> None:
+    """Gives a plan its C++ twin where the module is built for this torch: dense() and varlen()
+    then serve the call from C++, and a grad call's node runs the planned backward without Python.
+    Slots: the 8-byte per-call fields (pointers, then a varlen call's cu_seqlens), then the 4-byte
+    ones (its max lengths); workspace bytes -1: asked per call (varlen)."""
     module, _ = autograd_node.load()
     if module is None:
         return
     bwd = plan.bwd
+
+    def slots(cls, pointers):
+        if not varlen:
+            return list(pointers), []
+        return (list(pointers) + list(native._offsets(cls, "problem.cu_seqlens_q", "problem.cu_seqlens_k")),
+                list(native._offsets(cls, "problem.seqlen_q", "problem.seqlen_k")))
+
+    fwd_slots, fwd_slots32 = slots(native._FwdParams, native._FWD_POINTERS)
+    bwd_slots, bwd_slots32 = slots(native._BwdParams, native._BWD_POINTERS)
+    general = _general_backward_varlen if varlen else _general_backward
     plan.node = module.make_plan(
-        lib.name, lib.last_error_address, plan.fwd.fn_address, plan.fwd.params, list(native._FWD_POINTERS),
-        0 if bwd is None else bwd.fn_address, b"" if bwd is None else bwd.params, list(native._BWD_POINTERS),
-        plan.fwd_ws_bytes, plan.ws_bytes, list(plan.lse_shape), plan.mask,
-        functools.partial(_general_backward, plan.general_args))
+        lib.name, lib.last_error_address, varlen, plan.fwd.fn_address, plan.fwd.size_fn_address, plan.fwd.params,
+        fwd_slots, fwd_slots32, 0 if bwd is None else bwd.fn_address, 0 if bwd is None else bwd.size_fn_address,
+        b"" if bwd is None else bwd.params, bwd_slots, bwd_slots32,
+        -1 if plan.fwd_ws_bytes is None else plan.fwd_ws_bytes, -1 if plan.ws_bytes is None else plan.ws_bytes,
+        list(plan.lse_shape), plan.mask, functools.partial(general, plan.general_args))
 
 
 def _general_backward(general_args, dout, q, k, v, out, lse):
     """The C++ node's backward where its plan does not apply (a dout laid out unlike out, changed
     flags): the general path, as _Plan.backward takes it."""
     return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, *_DENSE, *general_args)
+
+
+def _general_backward_varlen(general_args, dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k):
+    return ops.backward_impl(dout, q, k, v, out, lse, (0, 0, 0), None, cu_q, cu_k, max_q, max_k, *general_args)

@@ -149,6 +149,11 @@ class PackedCall:
         return ctypes.cast(self._fn, ctypes.c_void_p).value
 
     @property
+    def size_fn_address(self) -> int:
+        """The workspace query's address (0 where there is none)."""
+        return 0 if self._size_fn is None else ctypes.cast(self._size_fn, ctypes.c_void_p).value
+
+    @property
     def params(self) -> bytes:
         return self.buf.raw
 

@@ -63,7 +63,7 @@ def test_it_can_be_turned_off(fresh, monkeypatch):
 def test_info_names_the_node_in_use():
     module, why = autograd_node.load()
     expected = f"C++ ({autograd_node.path().name})" if module is not None else f"Python ({why})"
-    assert f"autograd node of planned dense calls: {expected}" in info_text()
+    assert f"autograd node of planned dense and varlen calls: {expected}" in info_text()
 
 
 def test_a_bad_switch_value_is_an_error_naming_it(fresh, monkeypatch):

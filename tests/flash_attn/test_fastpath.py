@@ -207,7 +207,7 @@ def _varlen_general(q, k, v, cu_q, cu_k, max_q, max_k):
                             0.0, 0.0, False, 0)
 
 
-def test_varlen_forward_struct_matches_general_path_per_call(stub):
+def test_varlen_forward_struct_matches_general_path_per_call(stub, node):
     """One plan serves calls with other max_seqlens and cu_seqlens: those fields are per call."""
     h, hk, d = 4, 2, 64
     q = torch.randn(90, h, d, dtype=torch.bfloat16)
@@ -230,7 +230,7 @@ def test_varlen_forward_struct_matches_general_path_per_call(stub):
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_varlen_forward_workspace_is_asked_per_call(stub, monkeypatch, grad):
+def test_varlen_forward_workspace_is_asked_per_call(stub, node, monkeypatch, grad):
     """A varlen forward's workspace follows its max lengths (the ABI): one plan serves calls
     with and without split keys, and each gets scratch only when the library asks for it."""
     at = native._offsets(native._FwdParams, "problem.seqlen_k")[0]
@@ -246,7 +246,7 @@ def test_varlen_forward_workspace_is_asked_per_call(stub, monkeypatch, grad):
     assert plan and plan.fwd_ws_bytes is None and len(fastpath._local.plans) == 1
 
 
-def test_varlen_backward_struct_matches_general_path_per_call(stub):
+def test_varlen_backward_struct_matches_general_path_per_call(stub, node):
     """The planned varlen backward writes each call's max_seqlens and cu_seqlens and asks for that
     call's workspace, as the general path does."""
     q = torch.randn(90, 4, 64, dtype=torch.bfloat16, requires_grad=True)
@@ -257,6 +257,7 @@ def test_varlen_backward_struct_matches_general_path_per_call(stub):
         cu_k = torch.tensor([0, lens_k[0], 120], dtype=torch.int32)
         max_q, max_k = max(lens_q), max(lens_k)
         out = flash_attn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=True)
+        assert type(out.grad_fn).__name__ == _NODE_TYPE[node]
         plan = next(iter(fastpath._local.plans.values()))
         assert plan and plan.bwd is not None and plan.ws_bytes is None
         dout = torch.randn_like(out)
