@@ -188,10 +188,12 @@ struct Plan {
   }
 };
 
-// What the node's context keeps of the plan and the call's max lengths (saved_data holds IValues).
+// What the node's context keeps of the plan and the call's max lengths (saved_data holds IValues:
+// one entry, since each is a hash-map insert per forward).
 struct PlanHolder : torch::CustomClassHolder {
-  explicit PlanHolder(std::shared_ptr<Plan> p) : plan(std::move(p)) {}
+  PlanHolder(std::shared_ptr<Plan> p, int64_t q, int64_t k) : plan(std::move(p)), max_q(q), max_k(k) {}
   std::shared_ptr<Plan> plan;
+  int64_t max_q, max_k;
 };
 
 variable_list general_backward(Plan const& plan, const at::Tensor& dout, variable_list const& saved, Seq const& seq) {
@@ -217,17 +219,16 @@ struct PlannedAttention : torch::autograd::Function<PlannedAttention> {
     const Seq seq{cu_q.value_or(at::Tensor()), cu_k.value_or(at::Tensor()), max_q, max_k};
     plan->forward(q, k, v, out, lse, seq);
     ctx->save_for_backward({q, k, v, out, lse, seq.cu_q, seq.cu_k});
-    ctx->saved_data["plan"] = c10::IValue::make_capsule(c10::make_intrusive<PlanHolder>(plan));
-    ctx->saved_data["max_q"] = max_q;
-    ctx->saved_data["max_k"] = max_k;
+    ctx->saved_data["plan"] = c10::IValue::make_capsule(c10::make_intrusive<PlanHolder>(plan, max_q, max_k));
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     auto holder = ctx->saved_data["plan"].toCapsule();
-    Plan const& plan = *static_cast<PlanHolder*>(holder.get())->plan;
-    const Seq seq{saved[5], saved[6], ctx->saved_data["max_q"].toInt(), ctx->saved_data["max_k"].toInt()};
+    PlanHolder const& held = *static_cast<PlanHolder*>(holder.get());
+    Plan const& plan = *held.plan;
+    const Seq seq{saved[5], saved[6], held.max_q, held.max_k};
     const at::Tensor& dout = grads[0];  // materialized: zeros when out got no gradient
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
     variable_list result;
