@@ -1,5 +1,5 @@
-// The one translation unit that links against torch: the planned dense and varlen calls of
-// flash_attn/fastpath.py in C++, a per-thread cache of them and their autograd node. A Python
+// The one translation unit that links against torch: the planned dense, varlen and KV-cache calls of
+// flash_attn/fastpath.py and kvcache.py in C++, a per-thread cache of them and their autograd node. A Python
 // autograd.Function costs 8-14 µs more per forward than SDPA's C++ node on the H100 machine, and
 // its backward needs the GIL on the autograd engine's thread; this node records the graph and
 // runs the planned backward in C++ instead.
@@ -102,6 +102,14 @@ struct Seq {
   int64_t max_q = 0, max_k = 0;
 };
 
+// A KV-cache call's per-call tensors: the keys per sequence (int32), then the optional ones.
+struct Cache {
+  at::Tensor seqused_k;
+  std::optional<at::Tensor> leftpad, batch_idx, block_table;
+};
+
+uint64_t address(const std::optional<at::Tensor>& t) { return t ? address(*t) : 0; }
+
 // A Python object owned from C++; the last owner may be the autograd engine's thread, which does
 // not hold the GIL.
 struct PyRef {
@@ -133,7 +141,8 @@ std::vector<std::optional<std::string>> flag_values() {
 struct Plan {
   std::string backend;
   Packed fwd, bwd;  // bwd.fn null: no planned backward, the general path always
-  bool varlen = false;  // the calls carry cu_seqlens and max lengths (Seq)
+  bool varlen = false;   // the calls carry cu_seqlens and max lengths (Seq)
+  bool kvcache = false;  // flash_attn_with_kvcache's reading calls: the cache tensors (Cache), no backward
   // Scratch bytes: the forward's split-KV partial results, the backward's sums; -1: asked per
   // call (a varlen call's follow its max lengths)
   int64_t fwd_workspace_bytes = 0;
@@ -168,6 +177,14 @@ struct Plan {
                                          uint64_t(seq.max_k)})
                            : fwd.filled({current_stream(q), address(q), address(k), address(v), address(out),
                                          address(lse), 0});
+    run(fwd, p, fwd_workspace_bytes, 6, q, "forward");
+  }
+
+  void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+               const at::Tensor& lse, Cache const& cache) const {
+    std::string p = fwd.filled({current_stream(q), address(q), address(k), address(v), address(out), address(lse), 0,
+                                address(cache.seqused_k), address(cache.leftpad), address(cache.batch_idx),
+                                address(cache.block_table)});
     run(fwd, p, fwd_workspace_bytes, 6, q, "forward");
   }
 
@@ -273,9 +290,10 @@ Packed packed(uint64_t fn, uint64_t size_fn, py::bytes params, std::vector<int64
   return p;
 }
 
-// fwd_slots / bwd_slots: the 8-byte fields (pointers, then for varlen the cu_seqlens), slots32 the
-// 4-byte ones (varlen: max lengths). Workspace bytes -1: asked per call through the size function.
-std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, bool varlen, uint64_t fwd_fn,
+// kind: 0 dense, 1 varlen, 2 KV cache. fwd_slots / bwd_slots: the 8-byte fields (pointers, then
+// varlen's cu_seqlens or the cache tensors), slots32 the 4-byte ones (varlen: max lengths).
+// Workspace bytes -1: asked per call through the size function.
+std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, int kind, uint64_t fwd_fn,
                                 uint64_t fwd_size_fn, py::bytes fwd_params, std::vector<int64_t> fwd_slots,
                                 std::vector<int64_t> fwd_slots32, uint64_t bwd_fn, uint64_t bwd_size_fn,
                                 py::bytes bwd_params, std::vector<int64_t> bwd_slots, std::vector<int64_t> bwd_slots32,
@@ -288,11 +306,13 @@ std::shared_ptr<Plan> make_plan(std::string backend, uint64_t last_error, bool v
   auto plan = std::make_shared<Plan>();
   plan->backend = std::move(backend);
   plan->last_error = reinterpret_cast<LastError>(static_cast<uintptr_t>(last_error));
-  plan->varlen = varlen;
-  const size_t seq_values = varlen ? 4 : 0;
-  plan->fwd = packed(fwd_fn, fwd_size_fn, fwd_params, std::move(fwd_slots), std::move(fwd_slots32), 7 + seq_values);
+  if (kind < 0 || kind > 2 || (kind == 2 && bwd_fn != 0)) { fail("flash_attn: plan kind " + std::to_string(kind)); }
+  plan->varlen = kind == 1;
+  plan->kvcache = kind == 2;
+  plan->fwd = packed(fwd_fn, fwd_size_fn, fwd_params, std::move(fwd_slots), std::move(fwd_slots32), kind ? 11 : 7);
   plan->fwd_workspace_bytes = fwd_workspace_bytes;
-  plan->bwd = packed(bwd_fn, bwd_size_fn, bwd_params, std::move(bwd_slots), std::move(bwd_slots32), 11 + seq_values);
+  plan->bwd = packed(bwd_fn, bwd_size_fn, bwd_params, std::move(bwd_slots), std::move(bwd_slots32),
+                     plan->varlen ? 15 : 11);
   plan->workspace_bytes = workspace_bytes;
   plan->lse_shape = std::move(lse_shape);
   plan->pointer_mask = pointer_mask;
@@ -433,6 +453,62 @@ py::object run_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return run_call(q, k, v, Seq{cu_q, cu_k, max_q, max_k}, scale, causal, window, softcap, deterministic);
 }
 
+// flash_attn_with_kvcache's calls without new tokens: cache_seqlens an int32 tensor (the keys per
+// sequence), the optional cache tensors None or tensors, num_splits an int. Inference only: a
+// call with autograd recording is not served here. Returns (out, lse), None when unknown, False
+// when not served here.
+std::optional<std::string> kvcache_key(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       Cache const& cache, py::handle scale, py::handle causal, py::handle window,
+                                       py::handle softcap, py::handle num_splits) {
+  bool grad = false;
+  auto key = call_key(q, k, v, Seq{}, scale, causal, window, softcap, py::bool_(false), grad);
+  if (!key || grad || !PyLong_CheckExact(num_splits.ptr())) { return std::nullopt; }
+  const long long splits = PyLong_AsLongLong(num_splits.ptr());
+  if (splits == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  put(*key, int64_t(splits));
+  put_tensor(*key, cache.seqused_k);
+  for (const std::optional<at::Tensor>* t : {&cache.leftpad, &cache.batch_idx, &cache.block_table}) {
+    put(*key, uint8_t(t->has_value()));
+    if (*t) { put_tensor(*key, **t); }
+  }
+  return key;
+}
+
+py::object run_kvcache(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const at::Tensor& cache_seqlens, std::optional<at::Tensor> batch_idx,
+                       std::optional<at::Tensor> leftpad, std::optional<at::Tensor> block_table, py::handle scale,
+                       py::handle causal, py::handle window, py::handle softcap, py::handle num_splits) {
+  const Cache cache{cache_seqlens, std::move(leftpad), std::move(batch_idx), std::move(block_table)};
+  const auto key = kvcache_key(q, k_cache, v_cache, cache, scale, causal, window, softcap, num_splits);
+  if (!key) { return py::bool_(false); }
+  const auto it = t_calls.find(*key);
+  if (it == t_calls.end()) { return py::none(); }
+  const std::shared_ptr<Plan>& plan = it->second;
+  if (!plan || !plan->kvcache || ((address(q) | address(k_cache) | address(v_cache)) & plan->pointer_mask)) {
+    return py::bool_(false);
+  }
+  const c10::DeviceGuard device(q.device());
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty(plan->lse_shape, q.options().dtype(at::kFloat));
+  plan->forward(q, k_cache, v_cache, out, lse, cache);
+  return py::make_tuple(out, lse);
+}
+
+void register_kvcache_call(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& cache_seqlens, std::optional<at::Tensor> batch_idx,
+                           std::optional<at::Tensor> leftpad, std::optional<at::Tensor> block_table,
+                           py::handle scale, py::handle causal, py::handle window, py::handle softcap,
+                           py::handle num_splits, std::shared_ptr<Plan> plan) {
+  const Cache cache{cache_seqlens, std::move(leftpad), std::move(batch_idx), std::move(block_table)};
+  const auto key = kvcache_key(q, k_cache, v_cache, cache, scale, causal, window, softcap, num_splits);
+  if (!key) { return; }
+  if (t_calls.size() >= kMaxCachedCalls) { t_calls.clear(); }
+  t_calls[*key] = std::move(plan);
+}
+
 void register_varlen_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,
                           const at::Tensor& cu_k, py::handle scale, py::handle causal, py::handle window,
                           py::handle softcap, py::handle deterministic, std::shared_ptr<Plan> plan) {
@@ -442,7 +518,7 @@ void register_varlen_call(const at::Tensor& q, const at::Tensor& k, const at::Te
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "flash_attn's C++ autograd node for planned dense and varlen calls (csrc_torch/autograd_node.cpp)";
+  m.doc() = "flash_attn's C++ autograd node for planned dense, varlen and KV-cache calls (csrc_torch/autograd_node.cpp)";
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan");
   m.def("make_plan", &make_plan);
   m.def("configure", [](std::vector<std::string> flag_names) { g_flag_names = std::move(flag_names); });
@@ -450,9 +526,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("register_call", &register_call, "caches run()'s plan (None: not planned) for this call's signature");
   m.def("run_varlen", &run_varlen, "run() for a varlen call");
   m.def("register_varlen_call", &register_varlen_call, "register_call() for a varlen call");
+  m.def("run_kvcache", &run_kvcache, "a cached flash_attn_with_kvcache call without new tokens: (out, lse)");
+  m.def("register_kvcache_call", &register_kvcache_call, "register_call() for such a call");
   m.def("clear_calls", [] { t_calls.clear(); }, "forgets this thread's cached calls");
   m.attr("torch_version") = FA_TORCH_VERSION;
   // make_plan's arguments, as backends/autograd_node.py PLAN_VERSION (2: the forward's workspace;
-  // 3: varlen plans, 4-byte slots and the workspace size functions)
-  m.attr("plan_version") = 3;
+  // 3: varlen plans, 4-byte slots and the workspace size functions; 4: the plan kind, KV-cache plans)
+  m.attr("plan_version") = 4;
 }

@@ -260,7 +260,7 @@ def _attach_node(plan: _Plan, lib, varlen: bool) -> None:
     bwd_slots, bwd_slots32 = slots(native._BwdParams, native._BWD_POINTERS)
     general = _general_backward_varlen if varlen else _general_backward
     plan.node = module.make_plan(
-        lib.name, lib.last_error_address, varlen, plan.fwd.fn_address, plan.fwd.size_fn_address, plan.fwd.params,
+        lib.name, lib.last_error_address, int(varlen), plan.fwd.fn_address, plan.fwd.size_fn_address, plan.fwd.params,
         fwd_slots, fwd_slots32, 0 if bwd is None else bwd.fn_address, 0 if bwd is None else bwd.size_fn_address,
         b"" if bwd is None else bwd.params, bwd_slots, bwd_slots32,
         -1 if plan.fwd_ws_bytes is None else plan.fwd_ws_bytes, -1 if plan.ws_bytes is None else plan.ws_bytes,

@@ -58,7 +58,7 @@ def seed(request) -> int:
 
 @pytest.fixture(params=["cpp", "python"])
 def node(request, monkeypatch):
-    """The call path planned dense and varlen calls take: the C++ one (csrc_torch/, skipped where it is not
+    """The call path planned dense, varlen and KV-cache calls take: the C++ one (csrc_torch/, skipped where it is not
     built for this torch) or the Python one."""
     from flash_attn.backends import autograd_node
 

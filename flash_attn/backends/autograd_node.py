@@ -1,4 +1,4 @@
-"""The optional C++ module for planned dense and varlen calls (csrc_torch/autograd_node.cpp): a per-thread
+"""The optional C++ module for planned dense, varlen and KV-cache calls (csrc_torch/autograd_node.cpp): a per-thread
 cache of them, served from C++, and their autograd node.
 
 A torch extension works only under the torch it was compiled against, so csrc_torch/build.py names
@@ -23,7 +23,7 @@ from ..dispatch import flags as flagmod
 
 MODULE = "flash_attn_autograd"
 DISABLE = "FLASH_ATTENTION_AUTOGRAD_NODE"
-PLAN_VERSION = 3  # make_plan's arguments (the module's plan_version); 3: varlen plans
+PLAN_VERSION = 4  # make_plan's arguments (the module's plan_version); 4: the plan kind, KV-cache plans
 _state: Optional[tuple] = None  # (module or None, why not)
 
 

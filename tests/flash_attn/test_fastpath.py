@@ -448,12 +448,14 @@ def _cache_slots(raw: bytes) -> list:
     return _pointers(raw, native._offsets(native._FwdParams, *native._CACHE_FIELDS))
 
 
-def test_kvcache_plan_passes_what_the_general_path_passes(stub):
+def test_kvcache_plan_passes_what_the_general_path_passes(stub, node, monkeypatch):
     q, kc, vc, args = _cache_call()
     kvcache._local.plans = {}
     flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)  # the general path; the call is planned
     general = _last(stub, 0)
     assert next(iter(kvcache._local.plans.values())), "the call should have been planned"
+    if node == "cpp":  # a call without new tokens is served from C++, without the Python plan
+        monkeypatch.setattr(kvcache, "_plan_key", lambda *a: pytest.fail("the Python plan was consulted"))
     out = flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)
     fast = _last(stub, 0)
     slots = native._FWD_POINTERS + native._offsets(native._FwdParams, *native._CACHE_FIELDS)
@@ -464,7 +466,7 @@ def test_kvcache_plan_passes_what_the_general_path_passes(stub):
     assert (leftpad, table) == (args["cache_leftpad"].data_ptr(), args["block_table"].data_ptr())
 
 
-def test_kvcache_plan_appends_new_tokens(stub):
+def test_kvcache_plan_appends_new_tokens(stub, node):
     q, kc, vc, args = _cache_call(block_table=None, cache_leftpad=None)
     kc, vc = torch.zeros(3, 64, 2, 64, dtype=torch.bfloat16), torch.zeros(3, 64, 2, 64, dtype=torch.bfloat16)
     kvcache._local.plans = {}
@@ -477,7 +479,7 @@ def test_kvcache_plan_appends_new_tokens(stub):
     assert next(iter(kvcache._local.plans.values()))
 
 
-def test_kvcache_signatures_the_plan_does_not_cover_take_the_general_path(stub):
+def test_kvcache_signatures_the_plan_does_not_cover_take_the_general_path(stub, node):
     q, kc, vc, args = _cache_call()
     kvcache._local.plans = {}
     flash_attn.flash_attn_with_kvcache(q, kc, vc, **args)
