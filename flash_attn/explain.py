@@ -95,7 +95,8 @@ def info_text() -> str:
         return "\n".join(lines)
     lines.append(f"  in force: deterministic={flags.deterministic} rtz={flags.rtz} "
                  f"performance={flags.performance} backend={flags.backend or 'auto'}"
-                 f"{' (strict)' if flags.backend_strict else ''} arch_override={flags.arch_override}")
+                 f"{' (strict)' if flags.backend_strict else ''} arch_override={flags.arch_override} "
+                 f"check_values={flags.check_values}")
     lines.append("native libraries:")
     for name, lib in registry.NATIVE_LIBRARY.items():
         info = selmod.library_info(lib)

@@ -61,9 +61,11 @@ def test_info_reports_flags_in_force(monkeypatch, capsys):
     monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_DETERMINISTIC", "1")
     monkeypatch.setenv("FLASH_ATTENTION_INTERNAL_USE_RTZ", "yes")
     monkeypatch.setenv("FLASH_ATTENTION_BACKEND", "only:reference")
+    monkeypatch.setenv("FLASH_ATTENTION_CHECK_VALUES", "on")
     out = _main(capsys, "info")
     assert "FLASH_ATTENTION_INTERNAL_USE_RTZ='yes'" in out
     assert "in force: deterministic=True rtz=True performance=False backend=reference (strict)" in out
+    assert "check_values=True" in out
 
 
 def test_info_reports_invalid_flags(monkeypatch, capsys):
