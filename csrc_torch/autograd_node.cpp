@@ -425,14 +425,18 @@ py::object run_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   return py::cast(infer(*plan, q, k, v, seq));
 }
 
+// Keeps plan under key (nothing for a call no key describes); a full cache starts over.
+void remember(std::optional<std::string> const& key, std::shared_ptr<Plan> plan) {
+  if (!key) { return; }
+  if (t_calls.size() >= kMaxCachedCalls) { t_calls.clear(); }
+  t_calls[*key] = std::move(plan);
+}
+
 void register_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, Seq const& seq, py::handle scale,
                    py::handle causal, py::handle window, py::handle softcap, py::handle deterministic,
                    std::shared_ptr<Plan> plan) {
   bool grad = false;
-  const auto key = call_key(q, k, v, seq, scale, causal, window, softcap, deterministic, grad);
-  if (!key) { return; }
-  if (t_calls.size() >= kMaxCachedCalls) { t_calls.clear(); }
-  t_calls[*key] = std::move(plan);
+  remember(call_key(q, k, v, seq, scale, causal, window, softcap, deterministic, grad), std::move(plan));
 }
 
 py::object run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, py::handle scale, py::handle causal,
@@ -503,10 +507,7 @@ void register_kvcache_call(const at::Tensor& q, const at::Tensor& k_cache, const
                            py::handle scale, py::handle causal, py::handle window, py::handle softcap,
                            py::handle num_splits, std::shared_ptr<Plan> plan) {
   const Cache cache{cache_seqlens, std::move(leftpad), std::move(batch_idx), std::move(block_table)};
-  const auto key = kvcache_key(q, k_cache, v_cache, cache, scale, causal, window, softcap, num_splits);
-  if (!key) { return; }
-  if (t_calls.size() >= kMaxCachedCalls) { t_calls.clear(); }
-  t_calls[*key] = std::move(plan);
+  remember(kvcache_key(q, k_cache, v_cache, cache, scale, causal, window, softcap, num_splits), std::move(plan));
 }
 
 void register_varlen_call(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,

@@ -123,9 +123,7 @@ def _bwd_state() -> tuple:
 def dense(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, check) -> Optional[torch.Tensor]:
     """out, or None when the call must take the general path. check(): the caller's argument
     checks, run when a signature is first seen (they raise as the general path would)."""
-    # Whether compiling first: loading the module (a file lookup) cannot be traced.
-    tracing = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-    cpp = None if tracing else autograd_node.load()[0]
+    cpp = autograd_node.serving()
     if cpp is None:
         return _run(q, k, v, None, (), softmax_scale, causal, window_size, softcap, deterministic, check)
     # The C++ module keeps this thread's planned calls too: a known call costs one C++ call.
@@ -146,8 +144,7 @@ def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, soft
         return None  # the general path checks (or converts) these
     seq = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scalars = (softmax_scale, causal, window_size, softcap, deterministic)
-    tracing = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-    cpp = None if tracing else autograd_node.load()[0]
+    cpp = autograd_node.serving()
     if cpp is None:
         return _run(q, k, v, seq, _seq_sig(cu_seqlens_q, cu_seqlens_k), *scalars, check)
     out = cpp.run_varlen(q, k, v, *seq, *scalars)

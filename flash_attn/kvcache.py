@@ -116,7 +116,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     cached = (q, k_cache, v_cache, cache_seqlens, cache_batch_idx, cache_leftpad, block_table)
     if rotary_cos is None and rotary_sin is None and alibi_slopes is None and not checking:
         # A reading call (no new tokens) whose plan the C++ module holds costs one C++ call.
-        cpp = _cpp() if k is None and type(cache_seqlens) is torch.Tensor else None
+        cpp = autograd_node.serving() if k is None and type(cache_seqlens) is torch.Tensor else None
         result = cpp.run_kvcache(*cached, *scalars) if cpp is not None else None
         if result:
             return result if return_softmax_lse else result[0]
@@ -159,12 +159,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         if plan and plan.node is not None:
             cpp.register_kvcache_call(*cached, *scalars, plan.node)
     return (out, lse) if return_softmax_lse else out
-
-
-def _cpp():
-    """The C++ module where it is built and usable here (not while Dynamo traces: loading it is a file
-    lookup)."""
-    return None if torch.compiler.is_compiling() else autograd_node.load()[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,14 @@ def load():
     return _state
 
 
+def serving():
+    """The module where it may serve this call, else None: not while Dynamo traces (loading it is a
+    file lookup, which cannot be traced) or under a functorch transform (its tensors are wrappers)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return None
+    return load()[0]
+
+
 def _load():
     switch = os.environ.get(DISABLE, "").strip().lower()
     if switch in ("0", "false", "no", "off"):
