@@ -27,6 +27,27 @@ cudaError_t allow_smem(int bytes) {
   return err;
 }
 
+// Blocks of Kernel the device holds at once (SMs x blocks per SM), queried once per device; 0
+// when the query fails (the caller then keeps its default order).
+template <auto Kernel>
+int resident_blocks(int threads, int smem_bytes) {
+  static std::atomic<int> cache[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) { return 0; }
+  int blocks = cache[device].load(std::memory_order_relaxed);
+  if (blocks > 0) { return blocks; }
+  int per_sm = 0, sms = 0;
+  if (allow_smem<Kernel>(smem_bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, smem_bytes) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();  // not sticky; cleared so that the launch reports its own
+    return 0;
+  }
+  blocks = per_sm * sms;
+  cache[device].store(blocks, std::memory_order_relaxed);
+  return blocks;
+}
+
 // Launches a main kernel with its dynamic shared memory (opted into first where it needs more
 // than 48 KB); the launch's own error, if any, is returned.
 template <auto Kernel, class Params>

@@ -47,6 +47,7 @@ struct AttnParams {
   FastDiv page_size;
 
   int window_left, window_right;  // -1 = unbounded
+  int wave_group;  // the grid's order (common/schedule.h): pairs per group, 0 or 1 pair by pair
 
   // Scores: without a score modifier the softmax runs on raw q.k with exp2 and scale_log2;
   // with softcap or ALiBi the scores are first turned into logits, then exp2 uses log2(e).

@@ -1,8 +1,8 @@
 // dQ of one query block, summed over key blocks into an fp32 buffer by atomics. In deterministic
 // mode the key blocks take turns per query block (a counter in global memory), so the additions
 // happen in key-block order and the sum is bitwise reproducible. Blocks are dispatched in
-// launch order and key blocks are the fastest grid dimension, so the block a turn waits for has
-// always started: the wait cannot deadlock.
+// launch order and a head's key blocks are launched in key-block order (common/schedule.h keeps
+// it), so the block a turn waits for has always started: the wait cannot deadlock.
 #pragma once
 
 #include <cute/tensor.hpp>

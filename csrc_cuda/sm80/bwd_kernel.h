@@ -11,6 +11,7 @@
 #include "../common/features.h"
 #include "../common/mask.h"
 #include "../common/params.h"
+#include "../common/schedule.h"
 #include "../common/seqlen.h"
 #include "bwd_dq_accum.h"
 #include "bwd_step.h"
@@ -72,7 +73,16 @@ __global__ void __launch_bounds__(T::kThreads) bwd_kernel(__grid_constant__ cons
   using Element = typename T::Element;
   const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
-  const int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  // The first key block first: under a causal mask the most query blocks see it (common/schedule.h).
+  const int tid = threadIdx.x;
+  int n_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  if (p.wave_group > 1) {
+    int pair;
+    wave_order(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y * gridDim.z,
+               p.wave_group, n_block, pair);
+    h = pair % gridDim.y;
+    b = pair / gridDim.y;
+  }
 
   const SeqInfo seq(p, b);
   if (n_block * kBlockN >= seq.seqlen_k_rows) { return; }

@@ -14,6 +14,7 @@
 #include "../common/launch.h"
 #include "../common/mask.h"
 #include "../common/params.h"
+#include "../common/schedule.h"
 #include "../common/seqlen.h"
 #include "../common/softmax.h"
 #include "fwd_epilogue.h"
@@ -30,10 +31,25 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   using Element = typename T::Element;
   const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
-  // The last query block first: under a causal mask it sees the most keys, and the blocks launched
-  // last, which decide when the grid ends, are then the short ones.
-  const int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-  const int b = kSplit ? blockIdx.z / p.num_splits : blockIdx.z;
+  // Q's fragments read from shared memory once and kept in registers, instead of once per key
+  // block, where they are small (a d 64 warp's 32 rows: 32 registers): the causal d 64 forward at
+  // 2k +0.4-2 % (runs hb, hc). The full kernel's extra state would spill them, and so would d 32's 128-key
+  // tile (16 bytes); wider heads do not fit.
+  constexpr bool kQInRegs = !kAllFeatures && kHeadDim == 64;
+  // The last query block first: under a causal mask it sees the most keys; causal grids run in
+  // groups of pairs (common/schedule.h). This remap costs the d 128 forward 2 % where it is not
+  // taken (non-causal; runs hf-hh): ptxas schedules that kernel's spilling loop differently.
+  const int tid = threadIdx.x;
+  int m_block = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
+  int b = kSplit ? blockIdx.z / p.num_splits : blockIdx.z;
+  if (!kSplit && p.wave_group > 1) {
+    int rank, pair;
+    wave_order(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.x, gridDim.y * gridDim.z,
+               p.wave_group, rank, pair);
+    m_block = gridDim.x - 1 - rank;
+    h = pair % gridDim.y;
+    b = pair / gridDim.y;
+  }
 
   const SeqInfo seq(p, b, f.kv_cache);
   if (m_block * kBlockM >= seq.seqlen_q) { return; }
@@ -159,7 +175,12 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
       }
     }
 
-    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, kv_stage(tSsK, stage), mma, s2r_q, s2r_k, tid);
+    if constexpr (kQInRegs) {
+      if (first) { cute::copy(s2r_q, tSsQ, s2r_q.get_thread_slice(tid).retile_D(tSrQ)); }
+      gemm_rs(acc_s, tSrQ, tSrK, kv_stage(tSsK, stage), mma, s2r_k, tid);
+    } else {
+      gemm_ss(acc_s, tSrQ, tSrK, tSsQ, kv_stage(tSsK, stage), mma, s2r_q, s2r_k, tid);
+    }
     if (f.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
     if (mask.tile_is_partial<kBlockM, kBlockN>(m_block, n)) { apply_mask(acc_s, tScS, row0, col0, mask); }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "../common/launch.h"
+#include "../common/schedule.h"
 #include "fwd_kernel.h"
 #include "fwd_split.h"
 
@@ -17,8 +18,12 @@ using FwdTraitsFor = FwdTraits<HeadDim, fwd_tile(Row, HeadDim).block_m, fwd_tile
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
+  constexpr auto kKernel = &fwd_kernel<T, kAllFeatures>;
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch);
-  return launch_with_smem<&fwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
+  if (!causal_like(p)) { return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, p, stream); }
+  AttnParams ordered = p;
+  ordered.wave_group = wave_group(grid.x, p.nheads * p.batch, resident_blocks<kKernel>(T::kThreads, T::kSmemBytes));
+  return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, ordered, stream);
 }
 
 // The plain kernel unless the call needs a feature only the full one has.
