@@ -21,10 +21,9 @@
 namespace fa {
 
 // Whether blocks' work differs along the grid: a causal mask or a right window without a left
-// one. Not for varlen calls, whose sequences differ anyway (not measured).
-inline bool causal_like(AttnParams const& p) {
-  return p.window_right >= 0 && p.window_left < 0 && p.cu_seqlens_q == nullptr;
-}
+// one. Varlen calls too (run hk: packed batches of equal lengths +3-14 % forward, +2-5 % forward
+// and backward; of mixed lengths the same or better).
+inline bool causal_like(AttnParams const& p) { return p.window_right >= 0 && p.window_left < 0; }
 
 // Pairs per group, or 0 (pair by pair) when no group of up to 4 waves fills its waves to within
 // 5 %. ranks: blocks per pair; slots: blocks the device holds at once.
