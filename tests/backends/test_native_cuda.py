@@ -369,27 +369,31 @@ FOLD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(FOLD_CASES))
-def test_decode_query_head_fold(case):
-    """One query, 12 heads on 3 key heads, unsplit (num_splits=1; the plain kernel, or with softcap
-    or ALiBi the split kernels with one split): the folded call is the same attention as the
-    unfolded one, and the backward of the folded forward's lse is right."""
+@pytest.mark.parametrize("heads,hk", [(12, 3), (96, 1)])
+def test_decode_query_head_fold(case, heads, hk):
+    """One query, 12 heads on 3 key heads or 96 on 1, unsplit (num_splits=1): the folded call is
+    the same attention as the unfolded one, and the backward of the folded forward's lse is right.
+    A decoding step runs the split kernels with one split where its rows (folded: the group) fit
+    their 64-row tile, so 96 heads on one key head fold into the plain or full kernel instead."""
     _need(64, torch.bfloat16)
     kw = dict(FOLD_CASES[case])
     if kw.get("alibi_slopes") == "per_head":
-        kw["alibi_slopes"] = torch.rand(12, device=DEV)
-    q, k, v = qkv(3, 1, 500, 12, 3, 64, torch.bfloat16)
+        kw["alibi_slopes"] = torch.rand(heads, device=DEV)
+    q, k, v = qkv(3, 1, 500, heads, hk, 64, torch.bfloat16)
     args = AttnArgs(softmax_scale=0.125, num_splits=1, **kw)
-    assert (_split_workspace(q, k, v, args) > 0) == (case in ("softcap", "alibi (not folded)"))
-    compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"fold {case}")
+    rows = 1 if "not folded" in case else heads // hk
+    assert (_split_workspace(q, k, v, args) > 0) == (rows <= 64)
+    compare(q, k, v, args, backward="bwd" in INFO["directions"], case=f"fold {case} {heads}/{hk} heads")
 
 
 def test_forward_workspace_contract():
     """The ABI's promise the planned call paths rely on: a dense call's workspace follows its
-    signature (a training-sized grid is not split); a varlen call's follows its max lengths too."""
+    signature (a training-sized grid is not split); a varlen call's follows its max lengths too
+    (decoding runs the split kernels, one split over 64 keys)."""
     _need(64, torch.bfloat16)
     q, k, v, cu_q, cu_k = _varlen([1, 1], [3000, 2000], 8, 2, 64, torch.bfloat16)
     lse = torch.empty(8, 2, dtype=torch.float32, device=DEV)
-    for max_q, max_k, splits in ((1, 3000, True), (1, 64, False), (2048, 3000, False)):
+    for max_q, max_k, splits in ((1, 3000, True), (1, 64, True), (2048, 3000, False)):
         args = AttnArgs(softmax_scale=0.125, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                         max_seqlen_k=max_k)
         assert (LIB.forward_workspace_size(q, k, v, args, torch.empty_like(q), lse) > 0) == splits, (max_q, max_k)
