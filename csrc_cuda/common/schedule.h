@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "launch.h"
 #include "params.h"
 
 namespace fa {
@@ -44,6 +45,16 @@ __device__ __forceinline__ void wave_order(int id, int ranks, int pairs, int gro
   const int j = id - first * ranks;
   rank = j / n;
   pair = first + j % n;
+}
+
+// Launches a main kernel whose grid is (ranks, heads, batch entries), in wave groups where the
+// call is causal_like.
+template <auto Kernel, class Params>
+cudaError_t launch_in_waves(dim3 grid, int threads, int smem_bytes, Params const& p, cudaStream_t stream) {
+  if (!causal_like(p)) { return launch_with_smem<Kernel>(grid, threads, smem_bytes, p, stream); }
+  Params ordered = p;
+  ordered.wave_group = wave_group(grid.x, grid.y * grid.z, resident_blocks<Kernel>(threads, smem_bytes));
+  return launch_with_smem<Kernel>(grid, threads, smem_bytes, ordered, stream);
 }
 
 }  // namespace fa

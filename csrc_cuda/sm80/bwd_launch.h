@@ -21,12 +21,8 @@ using BwdTraitsFor =
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
-  constexpr auto kKernel = &bwd_kernel<T, kAllFeatures>;
   const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
-  if (!causal_like(p)) { return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, p, stream); }
-  BwdParams ordered = p;
-  ordered.wave_group = wave_group(grid.x, p.nheads * p.batch, resident_blocks<kKernel>(T::kThreads, T::kSmemBytes));
-  return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, ordered, stream);
+  return launch_in_waves<&bwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
 }
 
 template <class T>

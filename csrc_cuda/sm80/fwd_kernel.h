@@ -32,9 +32,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   const Features f = features_of<kAllFeatures>(p);
   constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim;
   // Q's fragments read from shared memory once and kept in registers, instead of once per key
-  // block, where they are small (a d 64 warp's 32 rows: 32 registers): the causal d 64 forward at
-  // 2k +0.4-2 % (runs hb, hc). The full kernel's extra state would spill them, and so would d 32's 128-key
-  // tile (16 bytes); wider heads do not fit.
+  // block, where they are small (a d 64 warp's 32 rows: 32 registers): the causal d 64 forward
+  // at 2k +0.4-2 % (runs hb, hc). The full kernel's extra state would spill them, and so would
+  // d 32's 128-key tile (16 bytes); wider heads do not fit.
   constexpr bool kQInRegs = !kAllFeatures && kHeadDim == 64;
   // The last query block first: under a causal mask it sees the most keys; causal grids run in
   // groups of pairs (common/schedule.h). This remap costs the d 128 forward 2 % where it is not

@@ -18,12 +18,8 @@ using FwdTraitsFor = FwdTraits<HeadDim, fwd_tile(Row, HeadDim).block_m, fwd_tile
 
 template <class T, bool kAllFeatures>
 cudaError_t launch_fwd(AttnParams const& p, cudaStream_t stream) {
-  constexpr auto kKernel = &fwd_kernel<T, kAllFeatures>;
   const dim3 grid(ceil_div(p.seqlen_q, T::kBlockM), p.nheads, p.batch);
-  if (!causal_like(p)) { return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, p, stream); }
-  AttnParams ordered = p;
-  ordered.wave_group = wave_group(grid.x, p.nheads * p.batch, resident_blocks<kKernel>(T::kThreads, T::kSmemBytes));
-  return launch_with_smem<kKernel>(grid, T::kThreads, T::kSmemBytes, ordered, stream);
+  return launch_in_waves<&fwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
 }
 
 // The plain kernel unless the call needs a feature only the full one has.
