@@ -66,6 +66,17 @@ struct Mask {
     }
   }
 
+  // Key blocks [lo, hi] that every row of query block m_block sees whole (lo > hi: none); the
+  // blocks of [n_min, n_max) outside it are exactly those tile_is_partial names.
+  template <int kBlockM, int kBlockN>
+  __device__ void full_key_blocks(int m_block, int& lo, int& hi) const {
+    const int row_lo = m_block * kBlockM, row_hi = row_lo + kBlockM - 1;
+    const int last_col = window_right >= 0 ? min(seqlen_k - 1, row_lo + diag() + window_right) : seqlen_k - 1;
+    hi = last_col < 0 ? -1 : (last_col + 1) / kBlockN - 1;
+    const int first_col = window_left >= 0 ? row_hi + diag() - window_left : 0;
+    lo = first_col <= 0 ? 0 : ceil_div(first_col, kBlockN);
+  }
+
   // Whether some element of the tile is invisible, so the tile needs the per-element mask.
   template <int kBlockM, int kBlockN>
   __device__ bool tile_is_partial(int m_block, int n_block) const {
@@ -74,6 +85,46 @@ struct Mask {
     return col_hi >= seqlen_k || (window_right >= 0 && col_hi > row_lo + diag() + window_right) ||
            (window_left >= 0 && col_lo < row_hi + diag() - window_left);
   }
+};
+
+// The order the forward visits key blocks [n_min, n_max) of one query block in: step 0 the last
+// block (the prologue loads it; only it can end past seqlen_k), then the other partially masked
+// ones (the causal diagonal's, then a local window's left edge), then the whole ones, each group
+// from the highest block down. The online softmax does not depend on the order; a loop over the
+// whole blocks alone needs no mask code.
+struct KeyOrder {
+  int n_max, steps;           // steps = n_max - n_min blocks
+  int masked_end;             // steps [1, masked_end) are partially masked, [masked_end, steps) whole
+  int top_end, bottom_first;  // masked steps below top_end run down from n_max - 2, the rest from bottom_first
+  int whole_hi;               // step masked_end's block; whole blocks run down from it
+
+  bool first_masked;          // step 0's block
+
+  template <int kBlockM, int kBlockN>
+  __device__ static KeyOrder make(Mask const& mask, int m_block, int n_min, int n_max) {
+    KeyOrder o;
+    o.n_max = n_max;
+    o.steps = n_max - n_min;
+    int lo, hi;
+    mask.full_key_blocks<kBlockM, kBlockN>(m_block, lo, hi);
+    o.first_masked = n_max - 1 < lo || n_max - 1 > hi;
+    lo = max(lo, n_min);
+    hi = min(hi, n_max - 2);
+    if (lo > hi) {  // no whole block below the last: every step masked, top to bottom
+      lo = n_min;
+      hi = n_min - 1;
+    }
+    o.top_end = n_max - 1 - hi;  // 1 + the blocks above hi, below the last
+    o.bottom_first = lo - 1;
+    o.masked_end = o.top_end + (lo - n_min);
+    o.whole_hi = hi;
+    return o;
+  }
+  // The block of step i (i < steps); next(i): step i + 1's, or -1 after the last.
+  __device__ int masked_block(int i) const { return i < top_end ? n_max - 1 - i : bottom_first - (i - top_end); }
+  __device__ int whole_block(int i) const { return whole_hi - (i - masked_end); }
+  __device__ int block(int i) const { return i < masked_end ? masked_block(i) : whole_block(i); }
+  __device__ int next(int i) const { return i + 1 < steps ? block(i + 1) : -1; }
 };
 
 // softcap then ALiBi, in logit units: logit = softcap * tanh(scale * s / softcap) - slope * |dist|.

@@ -62,6 +62,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     n_max = min(n_max, n_min + per);
   }
   const int row0 = m_block * kBlockM;
+  constexpr bool kWholeApart = !kAllFeatures && !kSplit;  // the loops at the end of the kernel say why
+  KeyOrder order{};
+  if constexpr (kWholeApart) { order = KeyOrder::make<kBlockM, kBlockN>(mask, m_block, n_min, n_max); }
 
   // Global tiles
   const int hk = h / p.group;
@@ -149,16 +152,18 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
   }
   cp_async_fence();
   if constexpr (kStages == 2) {
-    if (n_max - 1 > n_min) { load_kv(n_max - 2, 1); }
+    const int second = kWholeApart ? order.next(0) : (n_max - 1 > n_min ? n_max - 2 : -1);
+    if (second >= 0) { load_kv(second, 1); }
     cp_async_fence();
   }
 
-  // One step over key block n; `first` (the block loaded in the prologue) is a bool or, where the
-  // first step is peeled off the loop, true_type / false_type, so that the loop has no branch on it.
-  auto step = [&](int n, auto first_c) __attribute__((always_inline)) {
-    const bool first = first_c;
+  // Step i of `order`, over key block n; `next` is step i + 1's block (below n_min: none). `first` (step 0,
+  // the block the prologue loaded) and `masked` (some of its scores hidden) are bools or, in the
+  // plain kernel's loops, true_type / false_type, so that those loops branch on neither.
+  auto step = [&](int i, int n, int next, auto first_c, auto masked_c) __attribute__((always_inline)) {
+    const bool first = first_c, masked = masked_c;
     const int col0 = n * kBlockN;
-    const int stage = kStages == 2 ? (n_max - 1 - n) % 2 : 0;
+    const int stage = kStages == 2 ? i % 2 : 0;
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
     clear(acc_s);
     if (first) {
@@ -166,13 +171,13 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();  // K(n) (two buffers: and V(n)) landed; every warp is done with block n+1
+    __syncthreads();  // K(n) (two buffers: and V(n)) landed; every warp is done with the last step
     if (!first) {
       if constexpr (kStages == 1) {
         load_keys(false_type{}, p.v, tVgV, n, tVsV, kBlockN);
         cp_async_fence();
-      } else if (n > n_min) {
-        load_kv(n - 1, stage ^ 1);
+      } else if (next >= n_min) {
+        load_kv(next, stage ^ 1);
         cp_async_fence();
       }
     }
@@ -184,13 +189,13 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, kv_stage(tSsK, stage), mma, s2r_q, s2r_k, tid);
     }
     if (f.score_mod) { apply_score_mod(acc_s, tScS, row0, col0, mod); }
-    if (mask.tile_is_partial<kBlockM, kBlockN>(m_block, n)) { apply_mask(acc_s, tScS, row0, col0, mask); }
+    if (masked) { apply_mask(acc_s, tScS, row0, col0, mask); }
 
     if constexpr (kStages == 1) {
       cp_async_wait<0>();
       __syncthreads();  // V(n) landed; every warp is done reading K(n)
-      if (n > n_min) {
-        load_keys(false_type{}, p.k, tKgK, n - 1, tKsK, kBlockN);
+      if (next >= n_min) {
+        load_keys(false_type{}, p.k, tKgK, next, tKsK, kBlockN);
         cp_async_fence();
       }
     } else if (first) {
@@ -206,15 +211,22 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     Tensor tOrP = make_tensor(rP.data(), acc_as_operand_a(rP.layout()));  // (MMA, MMA_M, MMA_N / 2)
     gemm_rs(acc_o, tOrP, tOrVt, kv_stage(tOsVt, stage), mma, s2r_v, tid);
   };
-  // Peeled in the plain kernel: +1-3 % at d 64, +0-2 % at d 128 (run ib). The full and split
-  // kernels keep the loop whole: peeled, their bodies spill 50-80 bytes more.
-  if constexpr (!kAllFeatures && !kSplit) {
-    if (n_max > n_min) {
-      step(n_max - 1, true_type{});
-      for (int n = n_max - 2; n >= n_min; --n) { step(n, false_type{}); }
+  // The plain kernel peels step 0 off its loop (+1-3 % at d 64, +0-2 % at d 128, run ib) and
+  // runs the whole blocks in a loop without the mask (d 256 +2-3 %, d 128 +1-3 %, runs ic-ie).
+  // The full and split kernels keep one loop: peeled, their bodies spill 50-80 bytes more.
+  if constexpr (kWholeApart) {
+    if (order.steps > 0) { step(0, n_max - 1, order.next(0), true_type{}, order.first_masked); }
+    for (int i = 1; i < order.masked_end; ++i) {
+      step(i, order.masked_block(i), order.next(i), false_type{}, true_type{});
+    }
+    for (int i = max(1, order.masked_end); i < order.steps; ++i) {
+      const int n = order.whole_block(i);
+      step(i, n, i + 1 < order.steps ? n - 1 : -1, false_type{}, false_type{});
     }
   } else {
-    for (int n = n_max - 1; n >= n_min; --n) { step(n, n == n_max - 1); }
+    for (int n = n_max - 1; n >= n_min; --n) {
+      step(n_max - 1 - n, n, n - 1, n == n_max - 1, mask.tile_is_partial<kBlockM, kBlockN>(m_block, n));
+    }
   }
   cp_async_wait<0>();  // the Q load is still pending when no key block is visible
   if constexpr (kSplit) { allow_dependent_launch(); }  // the combine kernel's blocks may start
