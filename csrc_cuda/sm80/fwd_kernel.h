@@ -212,8 +212,9 @@ __global__ void __launch_bounds__(T::kThreads) fwd_kernel(__grid_constant__ cons
     gemm_rs(acc_o, tOrP, tOrVt, kv_stage(tOsVt, stage), mma, s2r_v, tid);
   };
   // The plain kernel peels step 0 off its loop (+1-3 % at d 64, +0-2 % at d 128, run ib) and
-  // runs the whole blocks in a loop without the mask (d 256 +2-3 %, d 128 +1-3 %, runs ic-ie).
-  // The full and split kernels keep one loop: peeled, their bodies spill 50-80 bytes more.
+  // runs the whole blocks in a loop without mask code (d 64 +1-2 %, d 128 +1-2.5 %, d 256
+  // +1.5-3 %, runs ic-if). The full and split kernels keep one loop: peeled, their bodies spill
+  // 50-80 bytes more.
   if constexpr (kWholeApart) {
     if (order.steps > 0) { step(0, n_max - 1, order.next(0), true_type{}, order.first_masked); }
     for (int i = 1; i < order.masked_end; ++i) {
