@@ -77,6 +77,23 @@ struct Mask {
     lo = first_col <= 0 ? 0 : ceil_div(first_col, kBlockN);
   }
 
+  // Query blocks [lo, hi] whose every row sees key block n_block whole (lo > hi: none); the
+  // others are exactly those tile_is_partial names.
+  template <int kBlockM, int kBlockN>
+  __device__ void full_query_blocks(int n_block, int& lo, int& hi) const {
+    const int col_lo = n_block * kBlockN, col_hi = col_lo + kBlockN - 1;
+    lo = 0;
+    hi = col_hi >= seqlen_k ? -1 : 1 << 30;
+    if (window_right >= 0) {  // row_lo >= col_hi - diag - window_right
+      const int first_row = col_hi - diag() - window_right;
+      lo = first_row <= 0 ? 0 : ceil_div(first_row, kBlockM);
+    }
+    if (window_left >= 0) {  // row_lo + kBlockM - 1 <= col_lo - diag + window_left
+      const int last_row = col_lo - diag() + window_left - (kBlockM - 1);
+      hi = min(hi, last_row < 0 ? -1 : last_row / kBlockM);
+    }
+  }
+
   // Whether some element of the tile is invisible, so the tile needs the per-element mask.
   template <int kBlockM, int kBlockN>
   __device__ bool tile_is_partial(int m_block, int n_block) const {

@@ -19,10 +19,10 @@ using BwdTraitsFor =
               bwd_tile(Row, HeadDim).dq_warps_m, bwd_tile(Row, HeadDim).dq_passes,
               bwd_tile(Row, HeadDim).q_stages, Element>;
 
-template <class T, bool kAllFeatures>
+template <class T, bool kAllFeatures, bool kTurns>
 cudaError_t launch_main(BwdParams const& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.seqlen_k, T::kBlockN), p.nheads, p.batch);
-  return launch_in_waves<&bwd_kernel<T, kAllFeatures>>(grid, T::kThreads, T::kSmemBytes, p, stream);
+  return launch_in_waves<&bwd_kernel<T, kAllFeatures, kTurns>>(grid, T::kThreads, T::kSmemBytes, p, stream);
 }
 
 template <class T>
@@ -35,7 +35,9 @@ cudaError_t launch_bwd(BwdParams const& p, cudaStream_t stream) {
   if (p.seqlen_q > 0) { bwd_dsum_kernel<Element><<<q_rows, kRowKernelThreads, 0, stream>>>(p); }
 
   if (p.seqlen_k > 0) {
-    const cudaError_t err = Features::any(p) ? launch_main<T, true>(p, stream) : launch_main<T, false>(p, stream);
+    const cudaError_t err = Features::any(p) ? launch_main<T, true, true>(p, stream)
+                            : p.deterministic ? launch_main<T, false, true>(p, stream)
+                                              : launch_main<T, false, false>(p, stream);
     if (err != cudaSuccess) { return err; }
   }
 

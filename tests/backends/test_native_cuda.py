@@ -137,6 +137,27 @@ FEATURES = {
 }
 
 
+# The plain kernels visit the partially masked blocks first and the whole ones in a loop without
+# mask code (KeyOrder, common/mask.h): long enough sequences that both edges of a window, several
+# whole blocks between them, and a first block with and without a partial tail occur.
+BLOCK_ORDER = {
+    "causal_left_window": (1000, 1000, 300, 0),
+    "left_window_only": (1000, 1000, 300, -1),
+    "no_mask_whole_tail": (700, 1024, -1, -1),
+    "causal_longer_keys": (600, 1500, -1, 0),
+    "causal_longer_queries": (1500, 600, -1, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCK_ORDER))
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_key_block_order(d, case):
+    _need(d, torch.bfloat16, bwd=True)
+    sq, sk, left, right = BLOCK_ORDER[case]
+    q, k, v = qkv(1, sq, sk, 2, 2, d, torch.bfloat16)
+    compare(q, k, v, AttnArgs(softmax_scale=d ** -0.5, window_left=left, window_right=right), case=f"{case} d{d}")
+
+
 @pytest.mark.parametrize("feature", list(FEATURES))
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
